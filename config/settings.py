@@ -1,0 +1,284 @@
+"""Keel's one settings module: every value comes from the environment, read once and typed here.
+
+Application code reads `django.conf.settings`, never `os.environ`. A malformed variable stops the
+process at start-up with an error naming it (see config/env.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import dj_database_url
+from cryptography.fernet import Fernet
+
+from config.env import (
+    EnvError,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_parsed,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("KEEL_VAR_DIR", str(BASE_DIR / "var")) or BASE_DIR / "var")
+
+DEBUG = env_bool("DEBUG", False)
+
+_secret = env_str("SECRET_KEY")
+if _secret is None:
+    if not DEBUG:
+        raise EnvError("SECRET_KEY is required when DEBUG is off (set DEBUG=1 for local development)")
+    # A fixed development key: sessions survive restarts of `make run`; never used with DEBUG off.
+    _secret = "keel-insecure-development-key-do-not-use-in-production-0123456789"
+SECRET_KEY: str = _secret
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+# --- Database ------------------------------------------------------------------------------------
+_default_db_url = f"sqlite:///{VAR_DIR / 'keel.sqlite3'}"
+DATABASES = {
+    "default": env_parsed(
+        "DATABASE_URL",
+        lambda url: dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True),
+        dj_database_url.parse(_default_db_url),
+        "database URL (postgres://user@host:port/name or sqlite:///path)",
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web process read while the embedded queue writes; the timeout rides out writers.
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["OPTIONS"].update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: cache, queues, throttles, breaker state ---------------------------------------------
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL is not None and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    raise EnvError(f"REDIS_URL={REDIS_URL!r} must start with redis://, rediss:// or unix://")
+
+if REDIS_URL:
+    _cache_options: dict[str, object] = {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 5}
+    _cache_location = REDIS_URL
+else:
+    # Embedded default: an in-process fake Redis, so `make run` needs no server. One process only.
+    import fakeredis
+
+    _cache_options = {"CONNECTION_POOL_KWARGS": {"connection_class": fakeredis.FakeConnection}}
+    _cache_location = "redis://embedded/0"
+
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": _cache_location,
+        "KEY_PREFIX": "keel",
+        "OPTIONS": _cache_options,
+    }
+}
+
+# Jobs run inline when there is no real Redis (no worker could share the fake one).
+RQ_ASYNC = REDIS_URL is not None
+RQ_QUEUE_NAMES = ("runs", "default", "ingest", "notifications")
+RQ_QUEUES = {name: {"USE_REDIS_CACHE": "default", "ASYNC": RQ_ASYNC, "DEFAULT_TIMEOUT": 900} for name in RQ_QUEUE_NAMES}
+RQ_SHOW_ADMIN_LINK = True
+
+# --- Applications ----------------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "django_rq",
+    "django_structlog",
+    "django_htmx",
+    "apps.core",
+    "apps.accounts",
+]
+
+MIDDLEWARE = [
+    "apps.core.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "apps.core.middleware.RequestSizeLimitMiddleware",
+    "django_structlog.middlewares.RequestMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+AUTH_USER_MODEL = "accounts.User"
+LOGIN_URL = "/admin/login/"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+MEDIA_ROOT = VAR_DIR / "media"
+# var/ is Keel's own working directory; make its parts exist rather than warn about them.
+for _dir in (VAR_DIR, STATIC_ROOT):
+    _dir.mkdir(parents=True, exist_ok=True)
+WHITENOISE_USE_FINDERS = DEBUG
+
+# --- Request limits --------------------------------------------------------------------------------
+KEEL_MAX_REQUEST_BYTES = env_int("KEEL_MAX_REQUEST_BYTES", 10 * 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = KEEL_MAX_REQUEST_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = min(KEEL_MAX_REQUEST_BYTES, 2_621_440)
+
+
+def _parse_rate(value: str) -> str:
+    count, _, period = value.partition("/")
+    if not count.isdigit() or int(count) < 1 or period not in {"s", "sec", "min", "m", "hour", "h", "day", "d"}:
+        raise ValueError("expected N/s, N/min, N/hour or N/day")
+    return value
+
+
+KEEL_API_THROTTLE_RATE = env_parsed("KEEL_API_THROTTLE_RATE", _parse_rate, "1200/min", "rate")
+
+# --- Secrets at rest -------------------------------------------------------------------------------
+
+
+def _parse_fernet_keys(value: str) -> list[str]:
+    keys = [k.strip() for k in value.split(",") if k.strip()]
+    if not keys:
+        raise ValueError("no key given")
+    for key in keys:
+        Fernet(key.encode())  # raises on a malformed key
+    return keys
+
+
+_dev_fernet = base64.urlsafe_b64encode(hashlib.sha256(SECRET_KEY.encode()).digest()).decode()
+KEEL_ENCRYPTION_KEYS: list[str] = env_parsed(
+    "KEEL_ENCRYPTION_KEYS", _parse_fernet_keys, [_dev_fernet] if DEBUG else [], "comma-separated list of Fernet keys"
+)
+if not KEEL_ENCRYPTION_KEYS:
+    raise EnvError("KEEL_ENCRYPTION_KEYS is required when DEBUG is off (Fernet.generate_key())")
+
+# --- REST API --------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    # API keys first: an unauthenticated request then gets 401 with `WWW-Authenticate: Bearer`.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "apps.accounts.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["apps.accounts.tenancy.IsWorkspaceMember"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "apps.core.pagination.CursorPagination",
+    "DEFAULT_THROTTLE_CLASSES": ["apps.core.throttling.PrincipalRateThrottle"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "apps.core.problems.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DATETIME_FORMAT": "iso-8601",
+    "COERCE_DECIMAL_TO_STRING": True,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Keel API",
+    "DESCRIPTION": "Workflows, runs, usage and budgets. Errors are application/problem+json (RFC 9457).",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Security (production: DEBUG=0, KEEL_HTTPS=1) ----------------------------------------------------
+KEEL_HTTPS = env_bool("KEEL_HTTPS", not DEBUG)
+SECURE_SSL_REDIRECT = KEEL_HTTPS
+SESSION_COOKIE_SECURE = KEEL_HTTPS
+CSRF_COOKIE_SECURE = KEEL_HTTPS
+SECURE_HSTS_SECONDS = env_int("KEEL_HSTS_SECONDS", 31_536_000 if KEEL_HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = KEEL_HTTPS
+SECURE_HSTS_PRELOAD = env_bool("KEEL_HSTS_PRELOAD", KEEL_HTTPS)
+# Load balancers probe over plain HTTP inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+if env_bool("KEEL_BEHIND_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+
+# --- Logging ---------------------------------------------------------------------------------------
+LOG_FORMAT = env_choice("LOG_FORMAT", ("json", "console"), "console" if DEBUG else "json")
+LOG_LEVEL = env_choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO")
+DJANGO_STRUCTLOG_CELERY_ENABLED = False
+# RequestIdMiddleware has already validated (or replaced) the incoming X-Request-ID.
+DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True
+
+from apps.core.logging import build_logging_config, configure_structlog  # noqa: E402
+
+LOGGING = build_logging_config(fmt=LOG_FORMAT, level=LOG_LEVEL)
+configure_structlog(fmt=LOG_FORMAT)
+
+# --- Error reporting -------------------------------------------------------------------------------
+SENTRY_DSN = env_str("SENTRY_DSN")
+SENTRY_TRACES_SAMPLE_RATE = env_float("SENTRY_TRACES_SAMPLE_RATE", 0.0, minimum=0.0)
+if SENTRY_DSN:
+    import sentry_sdk
+    from sentry_sdk.integrations.django import DjangoIntegration
+    from sentry_sdk.integrations.rq import RqIntegration
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        integrations=[DjangoIntegration(), RqIntegration()],
+        traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE,
+        send_default_pii=False,
+        environment=env_str("SENTRY_ENVIRONMENT", "production"),
+    )
