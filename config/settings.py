@@ -105,6 +105,10 @@ INSTALLED_APPS = [
     "django_htmx",
     "apps.core",
     "apps.accounts",
+    "apps.providers",
+    "apps.usage",
+    "apps.workflows",
+    "apps.runs",
 ]
 
 MIDDLEWARE = [

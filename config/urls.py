@@ -6,6 +6,10 @@ from apps.core import views as core_views
 
 api_v1 = [
     path("", include("apps.accounts.urls")),
+    path("", include("apps.providers.urls")),
+    path("", include("apps.usage.urls")),
+    path("", include("apps.workflows.urls")),
+    path("", include("apps.runs.urls")),
 ]
 
 urlpatterns = [
