@@ -14,12 +14,16 @@ CONTRACT (used by the run engine; keep these names and meanings):
         timeout_s=30,                    # per attempt
         on_delta=callable | None,        # given: the call streams and each text delta is passed in order
         should_abort=callable | None,    # polled between attempts and between stream chunks
-        call_key="<run id>:<step id>",   # stable prefix for call_ids (see below)
+        call_key="<run id>-<step id>-<execution n>",  # prefix for call_ids: f"{call_key}-{n}", n = 1, 2, ...
+        on_attempt=callable | None,      # called with each call_id just before its request is sent
     ) -> GatewayResult                   # or raises ProviderError / CallAborted / BudgetExceeded
 
 Every attempt (cache hits included) is booked in the usage ledger under a call_id made before the
 call, so the books are exact under retries; `GatewayResult.call_ids` lists them. With `call_key`
-given, call ids are derived from it deterministically where the caller needs idempotency.
+given, call ids are `f"{call_key}-{n}"` (n counts attempts across the whole fallback chain, cache
+hit included); without it they are random. `on_attempt` lets the engine note the in-flight call_id
+(on its StepRun) so that, after a crash, a call that was sent but never booked can be booked as
+abandoned by whoever resumes the run, and its budget reservation released.
 """
 
 from __future__ import annotations
@@ -110,5 +114,6 @@ def gateway_complete(
     on_delta: Callable[[str], None] | None = None,
     should_abort: Callable[[], bool] | None = None,
     call_key: str | None = None,
+    on_attempt: Callable[[str], None] | None = None,
 ) -> GatewayResult:
     raise NotImplementedError("the gateway is being built for issue #3")
