@@ -286,3 +286,8 @@ if SENTRY_DSN:
         send_default_pii=False,
         environment=env_str("SENTRY_ENVIRONMENT", "production"),
     )
+
+# --- Usage and budgets (apps/usage) ------------------------------------------------------------------
+# A budget hold older than this was left by a dead worker: budget_release_stale releases it. Keep it
+# above the longest a single provider call attempt may take (provider/step timeout, streams included).
+KEEL_BUDGET_RESERVATION_TTL_S = env_int("KEEL_BUDGET_RESERVATION_TTL_S", 900, minimum=60)

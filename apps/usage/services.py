@@ -7,21 +7,402 @@ The gateway (apps/providers) calls, around every provider call attempt:
     budget_settle(...)    after: turn the reservation into the actual cost
     budget_release(...)   when the attempt ends without a cost to settle (or on crash recovery)
 These take plain ids so that `usage` depends on nothing but accounts and providers' tables.
+
+How a reservation stays exact (see docs/usage.md):
+- one BudgetReservation row per (call_id, window) records what the call holds, so settle and
+  release are idempotent and a crashed worker's hold can be found (budget_release_stale);
+- every window is changed with a conditional UPDATE in one transaction, windows always in primary
+  key order, so concurrent calls neither overspend nor deadlock;
+- settling and releasing take the cost from the ledger row of the call when it exists, so a window's
+  `spent` is the sum of its calls' ledger costs whoever settles them (gateway, reaper or sweep).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from apps.usage.models import UsageRecord
+import structlog
+from django.conf import settings
+from django.db import IntegrityError, connection, models, transaction
+from django.db.models import F, Q, Sum
+from django.db.models.functions import TruncHour
+from django.utils import timezone
+
+from apps.accounts.models import ApiKey, Membership, Workspace
+from apps.core.problems import BudgetExceeded, ValidationProblem
+from apps.usage.models import (
+    NIL_UUID,
+    Budget,
+    BudgetEvent,
+    BudgetReservation,
+    BudgetWindow,
+    UsageHourly,
+    UsageRecord,
+)
+from apps.usage.periods import window_bounds
+
+logger = structlog.get_logger(__name__)
+
+ZERO = Decimal("0")
+
+
+# --- The ledger ------------------------------------------------------------------------------------
 
 
 def usage_record(*, call_id: str, **fields: Any) -> UsageRecord:
-    """Book one provider call attempt. Idempotent on `call_id`: a repeat returns the first row unchanged."""
-    record, _ = UsageRecord.objects.get_or_create(call_id=call_id, defaults=fields)
+    """Book one provider call attempt. Idempotent on `call_id`: a repeat returns the first row unchanged.
+
+    The hourly rollup is updated in the same transaction, only when the row is new, so reports
+    read from it always equal the ledger's sum.
+    """
+    with transaction.atomic():
+        record, created = UsageRecord.objects.get_or_create(call_id=call_id, defaults=fields)
+        if created:
+            _rollup_add(record)
     return record
+
+
+def _bucket_of(record: UsageRecord) -> dict[str, Any]:
+    return {
+        "workspace_id": record.workspace_id,
+        "hour": record.created_at.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0),
+        "workflow_id": record.workflow_id or NIL_UUID,
+        "model_id": record.model_id,
+        "api_key_id": record.api_key_id or NIL_UUID,
+        "status": record.status,
+        "cache_hit": record.cache_hit,
+    }
+
+
+def _rollup_add(record: UsageRecord) -> None:
+    """Add one ledger row to its hourly bucket: an UPDATE in the common case, else a race-safe INSERT."""
+    bucket = _bucket_of(record)
+    increments = {
+        "calls": 1,
+        "input_tokens": record.input_tokens,
+        "cached_input_tokens": record.cached_input_tokens,
+        "output_tokens": record.output_tokens,
+        "cost_usd": Decimal(record.cost_usd),
+        "saved_usd": Decimal(record.saved_usd),
+    }
+    update = {name: F(name) + value for name, value in increments.items()}
+    if UsageHourly.objects.filter(**bucket).update(**update):
+        return
+    try:
+        with transaction.atomic():
+            UsageHourly.objects.create(**bucket, **increments)
+    except IntegrityError:
+        # Another call created the bucket between our UPDATE and INSERT: now the UPDATE finds it.
+        UsageHourly.objects.filter(**bucket).update(**update)
+
+
+@transaction.atomic
+def usage_rollup_rebuild(*, workspace: Workspace | None = None) -> int:
+    """Recompute the hourly rollup from the ledger (all workspaces, or one). Returns the bucket count.
+
+    For ledger rows written without usage_record (bulk loads, restores). Locks the ledger against
+    inserts while it runs so no call is missed or counted twice.
+    """
+    ledger = UsageRecord.objects.all()
+    hourly = UsageHourly.objects.all()
+    if workspace is not None:
+        ledger = ledger.filter(workspace=workspace)
+        hourly = hourly.filter(workspace=workspace)
+    if connection.vendor == "postgresql":
+        # SHARE mode lets readers in and keeps writers out until the rebuilt rollup is committed.
+        with connection.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {UsageRecord._meta.db_table} IN SHARE MODE")
+    hourly.delete()
+    rows = (
+        ledger.annotate(hour=TruncHour("created_at", tzinfo=dt.UTC))
+        .values("workspace_id", "hour", "workflow_id", "model_id", "api_key_id", "status", "cache_hit")
+        .annotate(
+            calls=models.Count("id"),
+            sum_input=Sum("input_tokens"),
+            sum_cached=Sum("cached_input_tokens"),
+            sum_output=Sum("output_tokens"),
+            sum_cost=Sum("cost_usd"),
+            sum_saved=Sum("saved_usd"),
+        )
+        .order_by()
+    )
+    buckets = [
+        UsageHourly(
+            workspace_id=row["workspace_id"],
+            hour=row["hour"],
+            workflow_id=row["workflow_id"] or NIL_UUID,
+            model_id=row["model_id"],
+            api_key_id=row["api_key_id"] or NIL_UUID,
+            status=row["status"],
+            cache_hit=row["cache_hit"],
+            calls=row["calls"],
+            input_tokens=row["sum_input"] or 0,
+            cached_input_tokens=row["sum_cached"] or 0,
+            output_tokens=row["sum_output"] or 0,
+            cost_usd=row["sum_cost"] or ZERO,
+            saved_usd=row["sum_saved"] or ZERO,
+        )
+        for row in rows.iterator(chunk_size=2000)
+    ]
+    UsageHourly.objects.bulk_create(buckets, batch_size=2000)
+    return len(buckets)
+
+
+# --- Budgets: definitions --------------------------------------------------------------------------
+
+
+def _scope_target_exists(*, workspace: Workspace, scope: str, scope_id: UUID) -> bool:
+    if scope == Budget.Scope.API_KEY:
+        return ApiKey.objects.for_workspace(workspace).filter(pk=scope_id).exists()
+    if scope == Budget.Scope.USER:
+        return Membership.objects.filter(workspace=workspace, user_id=scope_id).exists()
+    if scope == Budget.Scope.WORKFLOW:
+        from django.apps import apps
+
+        # Looked up by label: `usage` must not depend on the workflows app's code (only on its table).
+        try:
+            workflow_model = apps.get_model("workflows", "Workflow")
+        except LookupError:
+            return False
+        return bool(workflow_model._default_manager.filter(workspace=workspace, pk=scope_id).exists())
+    return False
+
+
+def _validate_budget_fields(
+    *, workspace: Workspace, scope: str, scope_id: UUID | None, limit_usd: Decimal, alert_threshold_pct: int | None
+) -> None:
+    errors: list[dict[str, str]] = []
+    if scope == Budget.Scope.WORKSPACE:
+        if scope_id is not None:
+            errors.append({"field": "scope_id", "message": "Must be null for a workspace budget."})
+    elif scope_id is None:
+        errors.append({"field": "scope_id", "message": f"Required for a {scope} budget."})
+    elif not _scope_target_exists(workspace=workspace, scope=scope, scope_id=scope_id):
+        errors.append({"field": "scope_id", "message": f"No {scope} with this id in your workspace."})
+    if limit_usd < 0:
+        errors.append({"field": "limit_usd", "message": "Must be zero or more."})
+    if alert_threshold_pct is not None and not 1 <= alert_threshold_pct <= 100:
+        errors.append({"field": "alert_threshold_pct", "message": "Must be between 1 and 100."})
+    if errors:
+        raise ValidationProblem("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
+
+
+@transaction.atomic
+def budget_create(
+    *,
+    workspace: Workspace,
+    scope: str,
+    period: str,
+    limit_usd: Decimal,
+    scope_id: UUID | None = None,
+    action: str = Budget.Action.BLOCK,
+    alert_threshold_pct: int | None = None,
+) -> Budget:
+    """Create a budget. It counts spending from now on: its first window starts at its creation."""
+    _validate_budget_fields(
+        workspace=workspace,
+        scope=scope,
+        scope_id=scope_id,
+        limit_usd=limit_usd,
+        alert_threshold_pct=alert_threshold_pct,
+    )
+    return Budget.objects.create(
+        workspace=workspace,
+        scope=scope,
+        scope_id=scope_id,
+        period=period,
+        limit_usd=limit_usd,
+        action=action,
+        alert_threshold_pct=alert_threshold_pct,
+    )
+
+
+_UNSET: Any = object()
+
+
+@transaction.atomic
+def budget_update(
+    *,
+    budget: Budget,
+    limit_usd: Decimal = _UNSET,
+    action: str = _UNSET,
+    alert_threshold_pct: int | None = _UNSET,
+) -> Budget:
+    """Change a budget's limit, action or alert threshold; the open window takes the new limit at once.
+
+    Scope and period are fixed for a budget's life (its windows are cut by them): make a new budget.
+    """
+    locked = Budget.objects.select_for_update().get(pk=budget.pk)
+    changed: list[str] = []
+    for name, value in (("limit_usd", limit_usd), ("action", action), ("alert_threshold_pct", alert_threshold_pct)):
+        if value is not _UNSET and getattr(locked, name) != value:
+            setattr(locked, name, value)
+            changed.append(name)
+    if changed:
+        _validate_budget_fields(
+            workspace=locked.workspace,
+            scope=locked.scope,
+            scope_id=locked.scope_id,
+            limit_usd=locked.limit_usd,
+            alert_threshold_pct=locked.alert_threshold_pct,
+        )
+        locked.save(update_fields=[*changed, "updated_at"])
+    if "limit_usd" in changed:
+        # Windows still open follow the budget; closed windows keep the limit they had.
+        BudgetWindow.objects.filter(budget=locked).filter(Q(end__isnull=True) | Q(end__gt=timezone.now())).update(
+            limit_usd=locked.limit_usd
+        )
+    return locked
+
+
+def budget_delete(*, budget: Budget) -> None:
+    """Delete a budget with its windows. Calls in flight then settle against nothing (no error)."""
+    budget.delete()
+
+
+@transaction.atomic
+def budget_window_reset(*, budget: Budget, now: dt.datetime | None = None) -> BudgetWindow:
+    """Start a fresh window now: the open window is closed at `now` and a new one, empty, begins.
+
+    Calls in flight keep their hold in the old window and settle there, so every window stays equal
+    to the ledger costs of its calls. Used by staff (admin) to forgive a period's spending.
+    """
+    now = now or timezone.now()
+    locked = Budget.objects.select_for_update().get(pk=budget.pk)
+    current = _open_windows([locked], now).get(locked.pk)
+    end = window_bounds(locked.period, now)[1]
+    if current is not None:
+        BudgetWindow.objects.filter(pk=current.pk).update(end=now)
+    return BudgetWindow.objects.create(budget=locked, start=now, end=end, limit_usd=locked.limit_usd)
+
+
+# --- Budgets: windows ------------------------------------------------------------------------------
+
+
+def _applicable_budgets(
+    *, workspace_id: UUID, workflow_id: UUID | None, api_key_id: UUID | None, user_id: UUID | None
+) -> list[Budget]:
+    match = Q(scope=Budget.Scope.WORKSPACE)
+    for scope, target in (
+        (Budget.Scope.WORKFLOW, workflow_id),
+        (Budget.Scope.API_KEY, api_key_id),
+        (Budget.Scope.USER, user_id),
+    ):
+        if target is not None:
+            match |= Q(scope=scope, scope_id=target)
+    return list(Budget.objects.filter(workspace_id=workspace_id).filter(match))
+
+
+def _open_windows(budgets: Sequence[Budget], now: dt.datetime) -> dict[UUID, BudgetWindow]:
+    """Each budget's current window (the latest one not yet ended), where it exists."""
+    found: dict[UUID, BudgetWindow] = {}
+    windows = (
+        BudgetWindow.objects.filter(budget__in=[b.pk for b in budgets])
+        .filter(Q(end__isnull=True) | Q(end__gt=now))
+        .order_by("budget_id", "start")
+    )
+    for window in windows:
+        found[window.budget_id] = window  # ordered by start: the latest wins
+    return found
+
+
+def _first_window_start(budget: Budget, now: dt.datetime) -> dt.datetime:
+    start, _ = window_bounds(budget.period, now)
+    # A budget counts from its creation: its first window does not reach back before it existed.
+    return budget.created_at if start is None or budget.created_at > start else start
+
+
+def budget_windows_current(
+    *, budgets: Sequence[Budget], now: dt.datetime | None = None, create: bool = True
+) -> dict[UUID, BudgetWindow]:
+    """The current window of each budget, created on demand (race-safe: unique on budget + start).
+
+    With create=False, a budget without a window yet gets an unsaved empty one (for display).
+    """
+    now = now or timezone.now()
+    found = _open_windows(budgets, now)
+    missing = [b for b in budgets if b.pk not in found]
+    if not missing:
+        return found
+    fresh = [
+        BudgetWindow(
+            budget=b,
+            start=_first_window_start(b, now),
+            end=window_bounds(b.period, now)[1],
+            limit_usd=b.limit_usd,
+        )
+        for b in missing
+    ]
+    if not create:
+        found.update({w.budget_id: w for w in fresh})
+        return found
+    with transaction.atomic():
+        # Lock the budgets so a concurrent limit change cannot slip between reading the limit
+        # and inserting the window; taken in primary key order like every budget lock.
+        limits = dict(
+            Budget.objects.select_for_update()
+            .filter(pk__in=[b.pk for b in missing])
+            .order_by("pk")
+            .values_list("pk", "limit_usd")
+        )
+        for window in fresh:
+            window.limit_usd = limits.get(window.budget_id, window.limit_usd)
+        BudgetWindow.objects.bulk_create(fresh, ignore_conflicts=True)
+    found.update(_open_windows(missing, now))
+    return found
+
+
+# --- Budgets: reserve, settle, release -------------------------------------------------------------
+
+
+def budget_check(
+    *,
+    workspace_id: UUID,
+    workflow_id: UUID | None = None,
+    api_key_id: UUID | None = None,
+    user_id: UUID | None = None,
+    amount: Decimal = ZERO,
+    now: dt.datetime | None = None,
+) -> None:
+    """The 402 pre-check for starting a run: raise BudgetExceeded when a blocking budget that applies
+    already has no room for the run's first call; otherwise return None. Reserves nothing.
+
+    `amount` is the worst-case cost of the first call when the caller can estimate it; with the
+    default 0 the check refuses only a budget that is already full (spent + reserved >= limit).
+    Racing runs can all pass this check: the reservation before each call is what holds the limit.
+    """
+    now = now or timezone.now()
+    budgets = [
+        b
+        for b in _applicable_budgets(
+            workspace_id=workspace_id, workflow_id=workflow_id, api_key_id=api_key_id, user_id=user_id
+        )
+        if b.action == Budget.Action.BLOCK
+    ]
+    if not budgets:
+        return
+    windows = budget_windows_current(budgets=budgets, now=now, create=False)
+    for budget in sorted(budgets, key=lambda b: b.pk):
+        window = windows[budget.pk]
+        committed = window.spent + window.reserved
+        full = committed + amount > window.limit_usd if amount > 0 else committed >= window.limit_usd
+        if full:
+            raise _refusal(budget, window, amount)
+
+
+def _refusal(budget: Budget, window: BudgetWindow, amount: Decimal) -> BudgetExceeded:
+    target = "workspace" if budget.scope == Budget.Scope.WORKSPACE else f"{budget.scope} {budget.scope_id}"
+    remaining = max(ZERO, window.limit_usd - window.spent - window.reserved)
+    logger.info("budget_refused", budget_id=str(budget.pk), amount=str(amount), remaining=str(remaining))
+    return BudgetExceeded(
+        f"The {budget.period} budget of ${window.limit_usd.normalize():f} on the {target} has "
+        f"${remaining.normalize():f} left; this needs up to ${amount.normalize():f}.",
+        extra={"budget_id": str(budget.pk)},
+    )
 
 
 def budget_reserve(
@@ -32,16 +413,192 @@ def budget_reserve(
     workflow_id: UUID | None = None,
     api_key_id: UUID | None = None,
     user_id: UUID | None = None,
+    now: dt.datetime | None = None,
 ) -> None:
     """Reserve `amount` in every budget window that applies to this call, or raise BudgetExceeded.
 
-    Budgets are not built yet (issue #5): no budget applies, so there is nothing to reserve.
+    All-or-nothing: one transaction, one conditional UPDATE per blocking window
+    (`spent + reserved + amount <= limit`), windows in primary key order. Warn budgets take the
+    reservation unconditionally and record a BudgetEvent when it goes over their limit.
+    Idempotent on call_id: a call that already holds (or held) reservations reserves nothing more.
     """
+    amount = Decimal(amount)
+    if amount < 0:
+        raise ValueError(f"a reservation cannot be negative: {amount}")
+    now = now or timezone.now()
+    budgets = _applicable_budgets(
+        workspace_id=workspace_id, workflow_id=workflow_id, api_key_id=api_key_id, user_id=user_id
+    )
+    if not budgets:
+        return
+    by_id = {b.pk: b for b in budgets}
+    windows = budget_windows_current(budgets=budgets, now=now)
+    with transaction.atomic():
+        if BudgetReservation.objects.filter(call_id=call_id).exists():
+            return
+        events: list[BudgetEvent] = []
+        for window in sorted(windows.values(), key=lambda w: w.pk):
+            budget = by_id[window.budget_id]
+            rows = BudgetWindow.objects.filter(pk=window.pk)
+            if budget.action == Budget.Action.BLOCK:
+                if not rows.filter(limit_usd__gte=F("spent") + F("reserved") + amount).update(
+                    reserved=F("reserved") + amount
+                ):
+                    window.refresh_from_db()
+                    raise _refusal(budget, window, amount)
+            else:
+                rows.update(reserved=F("reserved") + amount)
+                window.refresh_from_db()
+                if window.spent + window.reserved > window.limit_usd:
+                    events.append(_event(window, BudgetEvent.Kind.LIMIT_EXCEEDED, call_id))
+        BudgetReservation.objects.bulk_create(
+            [BudgetReservation(call_id=call_id, window_id=w.pk, amount=amount) for w in windows.values()]
+        )
+        _events_record(events)
 
 
-def budget_settle(*, call_id: str, actual: Decimal) -> None:
-    """Replace the reservation made for `call_id` by the actual cost. No-op when nothing was reserved."""
+def budget_settle(*, call_id: str, actual: Decimal, now: dt.datetime | None = None) -> None:
+    """Replace the reservation made for `call_id` by the actual cost. No-op when nothing was reserved.
+
+    The cost booked in the ledger for this call_id wins over `actual` when the row exists (they
+    should be equal), so `spent` always matches the ledger. Idempotent: a second settle does nothing.
+    A hold already released (by the reaper or the stale sweep) still gets its cost added to `spent`:
+    the money was spent, and the books must say so.
+    """
+    _finish(call_id=call_id, actual=Decimal(actual), now=now or timezone.now())
 
 
-def budget_release(*, call_id: str) -> None:
-    """Drop the reservation made for `call_id` (the attempt failed before costing, or was abandoned)."""
+def budget_release(*, call_id: str, now: dt.datetime | None = None) -> None:
+    """Drop the reservation made for `call_id` (the attempt failed before costing, or was abandoned).
+
+    When the ledger already holds a row for this call_id, its cost is settled instead (the attempt
+    did cost that much, e.g. a stream cut after usage was reported, or a worker killed between
+    booking and settling). Idempotent; a no-op for an unknown call_id.
+    """
+    _finish(call_id=call_id, actual=None, now=now or timezone.now())
+
+
+def _finish(*, call_id: str, actual: Decimal | None, now: dt.datetime) -> None:
+    with transaction.atomic():
+        states = [BudgetReservation.State.HELD]
+        if actual is not None:
+            states.append(BudgetReservation.State.RELEASED)
+        holds = list(
+            BudgetReservation.objects.select_for_update()
+            .filter(call_id=call_id, state__in=states)
+            .order_by("window_id")
+        )
+        if not holds:
+            return
+        booked = UsageRecord.objects.filter(call_id=call_id).values_list("cost_usd", flat=True).first()
+        if booked is not None:
+            if actual is not None and actual != booked:
+                logger.warning(
+                    "budget_settle_differs_from_ledger", call_id=call_id, actual=str(actual), ledger=str(booked)
+                )
+            actual = Decimal(booked)
+        events: list[BudgetEvent] = []
+        for hold in holds:
+            rows = BudgetWindow.objects.filter(pk=hold.window_id)
+            was_held = hold.state == BudgetReservation.State.HELD
+            if actual is None:
+                rows.update(reserved=F("reserved") - hold.amount)
+                hold.state = BudgetReservation.State.RELEASED
+            else:
+                rows.update(
+                    reserved=F("reserved") - (hold.amount if was_held else ZERO),
+                    spent=F("spent") + actual,
+                )
+                hold.state, hold.actual = BudgetReservation.State.SETTLED, actual
+                if actual > hold.amount:
+                    logger.warning(
+                        "budget_settled_above_reservation",
+                        call_id=call_id,
+                        reserved=str(hold.amount),
+                        actual=str(actual),
+                    )
+                events.extend(_threshold_events(hold.window_id, call_id))
+            hold.finished_at = now
+        BudgetReservation.objects.bulk_update(holds, ["state", "actual", "finished_at"])
+        _events_record(events)
+
+
+def budget_release_stale(*, older_than: dt.timedelta | None = None, now: dt.datetime | None = None) -> int:
+    """Release every hold older than `older_than` (default settings.KEEL_BUDGET_RESERVATION_TTL_S).
+
+    A hold lives as long as one provider call attempt; one that outlives the longest allowed call
+    was left by a worker that died (and whose run the reaper could not attribute). Each is finished
+    like budget_release: settled at its ledger cost when the call was booked, else released.
+    Safe to run at any time and from several processes. Returns the number of calls finished.
+    """
+    now = now or timezone.now()
+    cutoff = now - (older_than or dt.timedelta(seconds=settings.KEEL_BUDGET_RESERVATION_TTL_S))
+    finished = 0
+    while True:
+        call_ids = list(
+            BudgetReservation.objects.filter(state=BudgetReservation.State.HELD, created_at__lt=cutoff)
+            .order_by("created_at")
+            .values_list("call_id", flat=True)
+            .distinct()[:500]
+        )
+        if not call_ids:
+            return finished
+        for call_id in dict.fromkeys(call_ids):
+            budget_release(call_id=call_id, now=now)
+            finished += 1
+        if len(call_ids) < 500:
+            return finished
+
+
+# --- Budget events (the future `budget.threshold` webhook) -----------------------------------------
+
+
+def _event(window: BudgetWindow, kind: str, call_id: str) -> BudgetEvent:
+    return BudgetEvent(
+        window_id=window.pk,
+        kind=kind,
+        call_id=call_id,
+        spent=window.spent,
+        reserved=window.reserved,
+        limit_usd=window.limit_usd,
+    )
+
+
+def _threshold_events(window_id: int, call_id: str) -> Iterable[BudgetEvent]:
+    window = BudgetWindow.objects.select_related("budget").get(pk=window_id)
+    pct = window.budget.alert_threshold_pct
+    if pct is not None and window.limit_usd > 0 and window.spent * 100 >= window.limit_usd * pct:
+        yield _event(window, BudgetEvent.Kind.THRESHOLD_REACHED, call_id)
+
+
+def _events_record(events: Sequence[BudgetEvent]) -> None:
+    """Store events (once per window and kind) and notify each new one after commit."""
+    for event in events:
+        if BudgetEvent.objects.filter(window_id=event.window_id, kind=event.kind).exists():
+            continue
+        try:
+            with transaction.atomic():
+                event.save()
+        except IntegrityError:
+            continue  # a concurrent call recorded the same crossing first
+        transaction.on_commit(lambda event_id=event.pk: budget_event_notify(event_id=event_id))
+
+
+def budget_event_notify(*, event_id: int) -> None:
+    """HOOK for the `budget.threshold` webhook event: called once per new BudgetEvent, after commit.
+
+    The webhooks app will enqueue the delivery here; until then the event is logged (and listed
+    in the admin).
+    """
+    event = BudgetEvent.objects.select_related("window__budget").filter(pk=event_id).first()
+    if event is None:
+        return
+    budget = event.window.budget
+    logger.warning(
+        "budget_threshold",
+        budget_id=str(budget.pk),
+        workspace=str(budget.workspace_id),
+        kind=event.kind,
+        spent=str(event.spent),
+        limit=str(event.limit_usd),
+    )
