@@ -291,3 +291,14 @@ if SENTRY_DSN:
 # A budget hold older than this was left by a dead worker: budget_release_stale releases it. Keep it
 # above the longest a single provider call attempt may take (provider/step timeout, streams included).
 KEEL_BUDGET_RESERVATION_TTL_S = env_int("KEEL_BUDGET_RESERVATION_TTL_S", 900, minimum=60)
+
+# --- providers (apps/providers: gateway retries, circuit breaker) ------------------------------------
+# Backoff before retry k: uniform(e/2, e), e = min(MAX, BASE * 2**(k-1)), never shorter than Retry-After.
+KEEL_GATEWAY_BACKOFF_BASE_S = env_float("KEEL_GATEWAY_BACKOFF_BASE_S", 0.5, minimum=0.0)
+KEEL_GATEWAY_BACKOFF_MAX_S = env_float("KEEL_GATEWAY_BACKOFF_MAX_S", 8.0, minimum=0.0)
+# A provider asking to wait longer than this is given up on at once (the next model in the chain answers).
+KEEL_GATEWAY_RETRY_AFTER_MAX_S = env_float("KEEL_GATEWAY_RETRY_AFTER_MAX_S", 30.0, minimum=0.0)
+KEEL_BREAKER_FAILURE_THRESHOLD = env_int("KEEL_BREAKER_FAILURE_THRESHOLD", 5, minimum=1)
+KEEL_BREAKER_COOLDOWN_S = env_float("KEEL_BREAKER_COOLDOWN_S", 30.0, minimum=0.1)
+# How long a half-open probe holds its slot if its process dies before reporting back.
+KEEL_BREAKER_PROBE_TTL_S = env_float("KEEL_BREAKER_PROBE_TTL_S", 60.0, minimum=1.0)
