@@ -21,6 +21,10 @@ def test_run_script_serves_health_admin_and_api_docs_with_embedded_defaults(tmp_
         assert httpx.get(f"{base}/admin/login/").status_code == 200
         docs = httpx.get(f"{base}/api/docs/")
         assert docs.status_code == 200
+        # The page's scripts are served by Keel itself (no CDN on a self-hosted network).
+        scripts = re.findall(r'<script src="([^"]+)"', docs.text)
+        assert scripts and all(src.startswith("/static/") for src in scripts), scripts
+        assert all(httpx.get(f"{base}{src}").status_code == 200 for src in scripts)
         assert httpx.get(f"{base}/api/schema/").status_code == 200
         assert httpx.get(f"{base}/readyz").json()["status"] == "ok"
         output = log.read_text()
