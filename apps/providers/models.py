@@ -40,6 +40,10 @@ class Provider(WorkspaceOwnedModel):
     def is_simulator(self) -> bool:
         return self.kind == self.Kind.SIMULATOR
 
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self.api_key_encrypted)
+
 
 class Model(WorkspaceOwnedModel):
     """A model a workflow may call by `alias`; `name` is what is sent upstream. Prices in USD per 1M tokens."""
