@@ -38,3 +38,9 @@ def test_malformed_incoming_request_id_is_replaced(client, incoming):
     response = client.get("/healthz", HTTP_X_REQUEST_ID=incoming)
     assert response["X-Request-ID"] != incoming
     assert len(response["X-Request-ID"]) == 32
+
+
+def test_response_reports_server_time(client):
+    response = client.get("/healthz")
+    name, _, duration = response["Server-Timing"].partition(";dur=")
+    assert name == "app" and float(duration) >= 0
