@@ -40,5 +40,12 @@ migrations-check: $(VENV)/.dev-deps
 test: $(VENV)/.dev-deps services lint migrations-check
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
+# Benchmarks (bench/, docs/benchmarks.md): Keel against a direct provider call, on this machine.
+bench: $(VENV)/.dev-deps services
+	$(PY) -m bench
+
+bench-quick: $(VENV)/.dev-deps services
+	$(PY) -m bench --quick
+
 clean:
 	rm -rf var/keel.sqlite3* var/static

@@ -1,0 +1,232 @@
+"""Render bench results as a console table and as docs/benchmarks.md (method, machine, numbers, verdict)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+TARGETS = {
+    "sync_c1_added_p50": 3.0,
+    "sync_c1_cpu": 3.0,
+    "sync_c32_100_added_p50": 10.0,
+    "cache_server_p50": 2.0,
+    "enqueue_to_start_p50": 5.0,
+    "admin_and_runs_page": 300.0,
+    "usage_summary": 200.0,
+}
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def memory_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal"):
+            return round(int(line.split()[1]) / 1024 / 1024, 1)
+    return float("nan")
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _rows(results: dict[str, Any], scenario: str) -> list[dict[str, Any]]:
+    return [r for r in results["rows"] if r["scenario"] == scenario]
+
+
+def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """(target, limit, measured, met) for every target of issue #6 that this run measured."""
+    out = []
+    primary = results["primary_server"]
+    sync = {(r["latency_ms"], r["concurrency"]): r for r in _rows(results, "sync") if r.get("server") == primary}
+    if (0, 1) in sync:
+        r = sync[(0, 1)]
+        out.append(("sync, c=1, 0 ms: added p50", "<= 3 ms", _f(r["added_p50"], 2), r["added_p50"] <= 3))
+        out.append(
+            ("sync, c=1, 0 ms: server CPU per run", "<= 3 ms", _f(r["cpu_ms_per_run"], 2), r["cpu_ms_per_run"] <= 3)
+        )
+    if (100, 32) in sync:
+        r = sync[(100, 32)]
+        out.append(("sync, c=32, 100 ms: added p50", "<= 10 ms", _f(r["added_p50"], 2), r["added_p50"] <= 10))
+    for r in _rows(results, "cache_hit"):
+        out.append(("cache hit: server p50", "<= 2 ms", _f(r["server_p50"], 2), r["server_p50"] <= 2))
+    for r in _rows(results, "async"):
+        if r["workers"] == 1:
+            out.append(
+                (
+                    "async: enqueue-to-start p50",
+                    "<= 5 ms",
+                    _f(r["enqueue_to_start_p50"], 2),
+                    r["enqueue_to_start_p50"] <= 5,
+                )
+            )
+    for r in _rows(results, "scale"):
+        limit = 200 if "summary" in r["page"] else 300
+        out.append(
+            (
+                f"{r['page']} ({r['runs']:,} runs / {r['usage_records']:,} usage)",
+                f"<= {limit} ms",
+                _f(r["server_ms"], 1),
+                r["server_ms"] <= limit and r["status"] == 200,
+            )
+        )
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [f"Keel benchmarks ({'quick' if results['quick'] else 'full'}), {results['date']}", ""]
+    lines.append(
+        f"{'server':<24}{'lat':>5}{'c':>4}{'direct p50':>12}{'keel p50':>10}{'added':>8}{'keel p99':>10}"
+        f"{'keel rps':>10}{'cpu ms/run':>12}"
+    )
+    for r in _rows(results, "sync"):
+        lines.append(
+            f"{r['server']:<24}{r['latency_ms']:>5}{r['concurrency']:>4}{_f(r['direct_p50'], 2):>12}"
+            f"{_f(r['keel_p50'], 2):>10}{_f(r['added_p50'], 2):>8}{_f(r['keel_p99'], 2):>10}"
+            f"{_f(r['keel_rps']):>10}{_f(r['cpu_ms_per_run'], 2):>12}"
+        )
+    lines.append("")
+    for target, limit, measured, met in verdicts(results):
+        lines.append(f"{'MET ' if met else 'MISS'}  {target}: {measured} ms (target {limit})")
+    return "\n".join(lines)
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    out = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (full) or `make bench-quick` (reduced); the numbers below are from the",
+        f"last run: **{'quick' if results['quick'] else 'full'}**, {results['date']}, {results['duration_s']} s.",
+        "Raw numbers: `bench/results.json`.",
+        "",
+        "## Method",
+        "",
+        "- Everything runs on this machine over loopback: PostgreSQL, Redis, Keel's HTTP simulator",
+        "  (`manage.py run_simulator`), Keel's web server with production settings (`DEBUG=0`, JSON logs at",
+        "  INFO, static files collected), and RQ workers. The bench database is dropped and recreated first.",
+        "- **Direct** is the same chat completion sent by the `openai` SDK straight to the simulator;",
+        "  **Keel** is a one-step `llm` workflow run through `POST /api/v1/workflows/{slug}/runs/` with full",
+        "  persistence (run, step, events, usage ledger row, a blocking workspace budget's reservation).",
+        "- Closed-loop load: `c` client threads, each with its own keep-alive connection, send back to back.",
+        "  Direct and Keel alternate round by round; each figure is the median over rounds of that round's",
+        "  percentile (nearest rank). *Added* = Keel p50 − direct p50 in the same run.",
+        "- Server CPU per run = CPU time (user + system, from /proc) of the web server's process tree during",
+        "  the Keel phase ÷ runs served. The simulator, PostgreSQL and Redis are not counted.",
+        "- Server times (cache hit, admin, API pages) are the app's own `Server-Timing` header (outermost",
+        "  middleware), median of 5 after a warm-up.",
+        "- Numbers on a 2-core machine running client, server, simulator, PostgreSQL and Redis together",
+        "  are noisy: compare ratios within one run, not across runs.",
+        "",
+        "## Machine",
+        "",
+        f"{m['cpus']} CPUs ({m['cpu']}), {m['memory_gb']} GiB, Python {m['python']}.",
+        "",
+        "## Targets (issue #6)",
+        "",
+        "| target | limit | measured | |",
+        "|---|---|---|---|",
+    ]
+    for target, limit, measured, met in verdicts(results):
+        out.append(f"| {target} | {limit} | {measured} ms | {'met' if met else '**missed**'} |")
+    out += [
+        "",
+        "## Sync overhead",
+        "",
+        "| server | provider latency | c | direct p50 | Keel p50 | added p50 | direct p99 | Keel p95 | Keel p99 | direct rps | Keel rps | server CPU / run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in _rows(results, "sync"):
+        out.append(
+            f"| {r['server']} | {r['latency_ms']} ms | {r['concurrency']} | {_f(r['direct_p50'], 2)} | "
+            f"{_f(r['keel_p50'], 2)} | {_f(r['added_p50'], 2)} | {_f(r['direct_p99'], 2)} | {_f(r['keel_p95'], 2)} | "
+            f"{_f(r['keel_p99'], 2)} | {_f(r['direct_rps'])} | {_f(r['keel_rps'])} | {_f(r['cpu_ms_per_run'], 2)} ms |"
+        )
+    out += ["", "Latencies in ms.", ""]
+    for r in _rows(results, "cache_hit"):
+        out += [
+            "## Cache hit",
+            "",
+            f"Client p50 {_f(r['client_p50'], 2)} ms, p99 {_f(r['client_p99'], 2)} ms; server p50 "
+            f"{_f(r['server_p50'], 2)} ms, p99 {_f(r['server_p99'], 2)} ms; server CPU {_f(r['cpu_ms_per_run'], 2)} ms "
+            f"per run; hit ratio {_f(r['hit_ratio'], 2)}.",
+            "",
+        ]
+    async_rows = _rows(results, "async")
+    if async_rows:
+        out += [
+            "## Async runs",
+            "",
+            "| workers | POST → succeeded p50 | p99 | enqueue → start p50 | p99 | runs/s (burst) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in async_rows:
+            out.append(
+                f"| {r['workers']} | {_f(r['e2e_p50'], 2)} ms | {_f(r['e2e_p99'], 2)} ms | "
+                f"{_f(r['enqueue_to_start_p50'], 2)} ms | {_f(r['enqueue_to_start_p99'], 2)} ms | {_f(r['runs_per_s'])} |"
+            )
+        out.append("")
+    for r in _rows(results, "stream"):
+        out += [
+            "## Streaming",
+            "",
+            f"Time to first token: direct p50 {_f(r['direct_ttft_p50'], 2)} ms, Keel's first `step.delta` p50 "
+            f"{_f(r['keel_ttft_p50'], 2)} ms (added {_f(r['added_ttft_p50'], 2)} ms); p99 {_f(r['direct_ttft_p99'], 2)} / "
+            f"{_f(r['keel_ttft_p99'], 2)} ms; {r['samples']} samples.",
+            "",
+        ]
+    scale_rows = _rows(results, "scale")
+    if scale_rows:
+        out += ["## Scale of the books", "", "| page | server time | status |", "|---|---|---|"]
+        for r in scale_rows:
+            out.append(f"| {r['page']} | {_f(r['server_ms'], 1)} ms | {r['status']} |")
+        out += [
+            "",
+            f"History: {scale_rows[0]['runs']:,} runs, {scale_rows[0]['usage_records']:,} usage records over 30 days.",
+            "",
+        ]
+    for r in _rows(results, "memory"):
+        out += [
+            "## Memory",
+            "",
+            f"RSS of one web worker {_f(r['web_worker_rss_mb'])} MiB, of one RQ worker {_f(r['rq_worker_rss_mb'])} MiB "
+            f"(after the load); each concurrently executing run adds about {_f(r['per_concurrent_run_kb'])} KiB "
+            f"({r['concurrency']} in flight).",
+            "",
+        ]
+    out += ["## Server model", "", *server_model_section(results), ""]
+    if results["notes"]:
+        out += ["## Notes", "", *[f"- {n}" for n in results["notes"]], ""]
+    return "\n".join(out)
+
+
+def server_model_section(results: dict[str, Any]) -> list[str]:
+    rows = [r for r in _rows(results, "sync") if r["latency_ms"] == 100 and r["concurrency"] == 32]
+    if len(rows) < 2:
+        return [
+            f"This run measured only `{results['primary_server']}`; the full run compares server models at",
+            "concurrency 32 with 100 ms provider latency.",
+        ]
+    lines = [
+        "Concurrency 32, provider latency 100 ms:",
+        "",
+        "| server | Keel p50 | added p50 | Keel rps |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['server']} | {_f(r['keel_p50'], 2)} | {_f(r['added_p50'], 2)} | {_f(r['keel_rps'])} |")
+    best = min(rows, key=lambda r: r["added_p50"])
+    lines += [
+        "",
+        f"Lowest added latency: `{best['server']}`. Sync workers cap throughput at workers ÷ latency; threads",
+        "do not, as long as threads ≥ concurrent runs (each sync or stream run holds a thread while it waits",
+        "on the provider).",
+    ]
+    return lines
