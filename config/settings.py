@@ -307,3 +307,25 @@ KEEL_BREAKER_FAILURE_THRESHOLD = env_int("KEEL_BREAKER_FAILURE_THRESHOLD", 5, mi
 KEEL_BREAKER_COOLDOWN_S = env_float("KEEL_BREAKER_COOLDOWN_S", 30.0, minimum=0.1)
 # How long a half-open probe holds its slot if its process dies before reporting back.
 KEEL_BREAKER_PROBE_TTL_S = env_float("KEEL_BREAKER_PROBE_TTL_S", 60.0, minimum=1.0)
+
+# --- workflows and runs (apps/workflows, apps/runs) -------------------------------------------------
+# Every RQ worker is a KeelWorker: it rebinds each job's log context and enqueues the periodic jobs
+# (the run reaper) itself, so no separate scheduler process is needed for them (docs/runs.md).
+RQ = {"JOB_CLASS": "apps.core.jobs.KeelJob", "WORKER_CLASS": "apps.core.jobs.KeelWorker"}
+# A running run writes a heartbeat this often; one silent for KEEL_RUN_STALE_S is taken over by the
+# reaper, which runs every KEEL_REAPER_INTERVAL_S. A crashed run resumes within STALE + INTERVAL.
+KEEL_RUN_HEARTBEAT_S = env_float("KEEL_RUN_HEARTBEAT_S", 5.0, minimum=0.2)
+KEEL_RUN_STALE_S = env_float("KEEL_RUN_STALE_S", 30.0, minimum=1.0)
+KEEL_REAPER_INTERVAL_S = env_float("KEEL_REAPER_INTERVAL_S", 10.0, minimum=0.5)
+if KEEL_RUN_STALE_S < 2 * KEEL_RUN_HEARTBEAT_S:
+    raise EnvError("KEEL_RUN_STALE_S must be at least twice KEEL_RUN_HEARTBEAT_S (a live run would look dead)")
+# A run whose executor died this many times is failed (worker_lost) instead of resumed again.
+KEEL_RUN_MAX_EXECUTIONS = env_int("KEEL_RUN_MAX_EXECUTIONS", 3, minimum=1)
+# Used when a definition sets no limits.timeout_s.
+KEEL_RUN_DEFAULT_TIMEOUT_S = env_float("KEEL_RUN_DEFAULT_TIMEOUT_S", 600.0, minimum=1.0)
+# mode=sync waits this long by default (a request may ask for up to KEEL_RUN_MAX_WAIT_S) before 202.
+KEEL_RUN_DEFAULT_WAIT_S = env_float("KEEL_RUN_DEFAULT_WAIT_S", 30.0, minimum=0.0)
+KEEL_RUN_MAX_WAIT_S = env_float("KEEL_RUN_MAX_WAIT_S", 300.0, minimum=0.0)
+KEEL_IDEMPOTENCY_TTL_S = env_int("KEEL_IDEMPOTENCY_TTL_S", 86400, minimum=60)
+# An SSE connection ends after this long (clients reconnect with Last-Event-ID).
+KEEL_SSE_MAX_S = env_float("KEEL_SSE_MAX_S", 3600.0, minimum=1.0)

@@ -1,5 +1,12 @@
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-router = SimpleRouter()
+from apps.runs.api import RunViewSet, WorkflowRunsView
 
-urlpatterns = [*router.urls]
+router = SimpleRouter()
+router.register("runs", RunViewSet, basename="run")
+
+urlpatterns = [
+    path("workflows/<slug:slug>/runs/", WorkflowRunsView.as_view(), name="workflow-runs"),
+    *router.urls,
+]
