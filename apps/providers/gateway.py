@@ -644,6 +644,7 @@ def _book(
     ctx: CallContext, model: Model, call_id: str, n: int, outcome: _Attempt, cost: Decimal, latency_ms: int
 ) -> None:
     prices = Prices.of(model)
+    http_status = outcome.http_status if outcome.http_status is not None else (200 if outcome.ok else None)
     usage_services.usage_record(
         call_id=call_id,
         workspace_id=ctx.workspace_id,
@@ -652,7 +653,7 @@ def _book(
         provider_name=model.provider.name,
         status="succeeded" if outcome.ok else "failed",
         error_code="" if outcome.ok else outcome.code,
-        http_status=outcome.http_status if outcome.http_status is not None else (200 if outcome.ok else None),
+        http_status=http_status,
         attempt=n,
         cache_hit=False,
         input_tokens=outcome.input_tokens,
@@ -677,7 +678,7 @@ def _book(
         model_name=model.name,
         provider=model.provider.name,
         status="succeeded" if outcome.ok else "failed",
-        http_status=outcome.http_status,
+        http_status=http_status,
         error_code=outcome.code or None,
         error=outcome.message or None,
         latency_ms=latency_ms,

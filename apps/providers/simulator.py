@@ -689,6 +689,12 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "KeelSimulator/1"
     core: SimulatorCore  # set on the subclass made by make_server
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers, body and each SSE frame are separate writes: without NODELAY, Nagle's algorithm
+        # meets the client's delayed ACK and every reply stalls ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         pass  # one line per call would drown benchmark output; /stats is the record
 
