@@ -15,7 +15,6 @@ from uuid import UUID
 
 import structlog
 from django.db import transaction
-from django.utils import timezone
 
 from apps.accounts.models import Workspace
 from apps.core.problems import ValidationProblem
@@ -25,7 +24,6 @@ from apps.providers.simulator import validate_config
 
 logger = structlog.get_logger(__name__)
 
-_UNSET: Any = object()
 PROVIDER_FIELDS = ("name", "kind", "base_url", "timeout_s", "max_retries", "config")
 MODEL_FIELDS = (
     "provider",
@@ -42,7 +40,8 @@ MODEL_FIELDS = (
 _PRICES = ("input_price_per_million", "cached_input_price_per_million", "output_price_per_million")
 
 
-def _provider_errors(provider: Provider) -> list[dict[str, str]]:
+def provider_problems(provider: Provider) -> list[dict[str, str]]:
+    """What is wrong with an (unsaved) provider, as `{"field", "message"}`; empty when valid."""
     errors: list[dict[str, str]] = []
     if provider.kind not in Provider.Kind.values:
         errors.append({"field": "kind", "message": f"must be one of {', '.join(Provider.Kind.values)}"})
@@ -95,7 +94,7 @@ def provider_create(
         max_retries=max_retries,
         config=config if config is not None else {},
     )
-    errors = _provider_errors(provider)
+    errors = provider_problems(provider)
     if errors:
         raise ValidationProblem(errors=errors)
     _set_api_key(provider, api_key)
@@ -117,7 +116,7 @@ def provider_update(*, provider: Provider, api_key: str | None = None, **changes
     provider = Provider.objects.select_for_update().get(pk=provider.pk)
     for name, value in changes.items():
         setattr(provider, name, value if value is not None or name != "base_url" else "")
-    errors = _provider_errors(provider)
+    errors = provider_problems(provider)
     if errors:
         raise ValidationProblem(errors=errors)
     _set_api_key(provider, api_key)
@@ -161,7 +160,8 @@ def provider_rotate_keys() -> RotationResult:
     return result
 
 
-def _model_errors(model: Model) -> list[dict[str, str]]:
+def model_problems(model: Model) -> list[dict[str, str]]:
+    """What is wrong with an (unsaved) model, as `{"field", "message"}`; empty when valid."""
     errors: list[dict[str, str]] = []
     if model.provider_id is not None and model.provider.workspace_id != model.workspace_id:
         errors.append({"field": "provider", "message": "no such provider in this workspace"})
@@ -185,7 +185,7 @@ def model_create(*, workspace: Workspace, provider: Provider, name: str, alias: 
     if unknown:
         raise TypeError(f"model_create got unknown fields: {', '.join(sorted(unknown))}")
     model = Model(workspace=workspace, provider=provider, name=name, alias=alias, **fields)
-    errors = _model_errors(model)
+    errors = model_problems(model)
     if errors:
         raise ValidationProblem(errors=errors)
     model.save()
@@ -201,7 +201,7 @@ def model_update(*, model: Model, **changes: Any) -> Model:
     model = Model.objects.select_for_update().select_related("provider").get(pk=model.pk)
     for name, value in changes.items():
         setattr(model, name, value)
-    errors = _model_errors(model)
+    errors = model_problems(model)
     if errors:
         raise ValidationProblem(errors=errors)
     model.save()
@@ -289,8 +289,3 @@ def providers_demo_seed(*, workspace: Workspace) -> list[str]:
         f"Provider '{DEMO_PROVIDER}' (simulator, in-process; not a real model): models {aliases}"
         + (f" (added {', '.join(added)})" if added else "")
     ]
-
-
-def provider_touch(*, provider: Provider) -> None:
-    """Mark a provider changed so every process rebuilds its client (e.g. after editing its key elsewhere)."""
-    Provider.objects.filter(pk=provider.pk).update(updated_at=timezone.now())
