@@ -54,4 +54,6 @@ def demo_seed(*, reset_password: bool = False) -> DemoResult:
 
 def _contributors() -> list:  # type: ignore[type-arg]
     """Each app's demo seeding service, in dependency order (providers before workflows)."""
-    return []
+    from apps.providers.services import providers_demo_seed  # core does not depend on the apps at import time
+
+    return [providers_demo_seed]
