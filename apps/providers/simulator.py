@@ -192,6 +192,7 @@ class _Counts:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    traced_calls: int = 0  # calls that carried a W3C `traceparent` header
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -239,11 +240,12 @@ class SimulatorCore:
     def _model_counts(self, model: str) -> _Counts:
         return self._state.models.setdefault(model, _Counts())
 
-    def _count_call(self, model: str, api_key: str | None, scope: str) -> tuple[int, int]:
+    def _count_call(self, model: str, api_key: str | None, scope: str, traced: bool) -> tuple[int, int]:
         with self._lock:
             self._state.requests += 1
-            self._state.totals.calls += 1
-            self._model_counts(model).calls += 1
+            for counts in (self._state.totals, self._model_counts(model)):
+                counts.calls += 1
+                counts.traced_calls += int(traced)
             if api_key:
                 fingerprint = key_fingerprint(api_key)
                 self._state.api_keys[fingerprint] = self._state.api_keys.get(fingerprint, 0) + 1
@@ -295,7 +297,8 @@ class SimulatorCore:
         auth = headers.get("Authorization") or headers.get("authorization") or ""
         api_key = auth[7:] if auth.lower().startswith("bearer ") else None
         scope = str(knobs.get("scope", ""))
-        call_number, request_number = self._count_call(model, api_key, scope)
+        traced = bool(headers.get("traceparent"))
+        call_number, request_number = self._count_call(model, api_key, scope, traced)
         first_delay = float(knobs.get("latency_first_ms", 0)) / 1000
         per_token = float(knobs.get("latency_per_token_ms", 0)) / 1000
         reply_headers = {"x-request-id": f"sim-{request_number}", "x-keel-simulator": "1"}

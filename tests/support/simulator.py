@@ -75,15 +75,24 @@ class Simulator:
         return f"{self.url}/v1"
 
     def stats(self) -> dict[str, Any]:
-        """`GET /stats`: calls, errors, billed_calls, prompt/cached/completion tokens, per model in `models`."""
+        """`GET /stats`: calls, errors, billed_calls, prompt/cached/completion tokens, traced_calls; the same
+        per upstream model name in `models`; `api_keys`: calls per key fingerprint (never the key)."""
         response = httpx.get(f"{self.url}/stats", timeout=10)
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body
 
     def model_stats(self, model_name: str) -> dict[str, int]:
-        zero = {"calls": 0, "errors": 0, "billed_calls": 0, "prompt_tokens": 0, "cached_tokens": 0}
-        return self.stats()["models"].get(model_name, {**zero, "completion_tokens": 0})
+        names = (
+            "calls",
+            "errors",
+            "billed_calls",
+            "prompt_tokens",
+            "cached_tokens",
+            "completion_tokens",
+            "traced_calls",
+        )
+        return self.stats()["models"].get(model_name, dict.fromkeys(names, 0))
 
     def calls(self, model_name: str | None = None) -> int:
         """Requests the simulator received (failed ones included), in total or for one upstream model."""
