@@ -20,3 +20,10 @@ def window_bounds(period: str, at: dt.datetime) -> tuple[dt.datetime | None, dt.
     if period == "total":
         return None, None
     raise ValueError(f"unknown budget period {period!r}")
+
+
+def first_window_start(*, period: str, created_at: dt.datetime, at: dt.datetime) -> dt.datetime:
+    """Where a budget's window containing `at` starts: its calendar start, but never before the
+    budget existed (a budget counts spending from its creation)."""
+    start, _ = window_bounds(period, at)
+    return created_at if start is None or created_at > start else start

@@ -44,6 +44,7 @@ from apps.usage.models import (
     UsageRecord,
 )
 from apps.usage.periods import window_bounds
+from apps.usage.selectors import budget_current_windows, budget_open_windows
 
 logger = structlog.get_logger(__name__)
 
@@ -273,7 +274,7 @@ def budget_window_reset(*, budget: Budget, now: dt.datetime | None = None) -> Bu
     """
     now = now or timezone.now()
     locked = Budget.objects.select_for_update().get(pk=budget.pk)
-    current = _open_windows([locked], now).get(locked.pk)
+    current = budget_open_windows(budgets=[locked], now=now).get(locked.pk)
     end = window_bounds(locked.period, now)[1]
     if current is not None:
         BudgetWindow.objects.filter(pk=current.pk).update(end=now)
@@ -297,63 +298,27 @@ def _applicable_budgets(
     return list(Budget.objects.filter(workspace_id=workspace_id).filter(match))
 
 
-def _open_windows(budgets: Sequence[Budget], now: dt.datetime) -> dict[UUID, BudgetWindow]:
-    """Each budget's current window (the latest one not yet ended), where it exists."""
-    found: dict[UUID, BudgetWindow] = {}
-    windows = (
-        BudgetWindow.objects.filter(budget__in=[b.pk for b in budgets])
-        .filter(Q(end__isnull=True) | Q(end__gt=now))
-        .order_by("budget_id", "start")
-    )
-    for window in windows:
-        found[window.budget_id] = window  # ordered by start: the latest wins
-    return found
-
-
-def _first_window_start(budget: Budget, now: dt.datetime) -> dt.datetime:
-    start, _ = window_bounds(budget.period, now)
-    # A budget counts from its creation: its first window does not reach back before it existed.
-    return budget.created_at if start is None or budget.created_at > start else start
-
-
-def budget_windows_current(
-    *, budgets: Sequence[Budget], now: dt.datetime | None = None, create: bool = True
-) -> dict[UUID, BudgetWindow]:
-    """The current window of each budget, created on demand (race-safe: unique on budget + start).
-
-    With create=False, a budget without a window yet gets an unsaved empty one (for display).
-    """
+def budget_windows_current(*, budgets: Sequence[Budget], now: dt.datetime | None = None) -> dict[UUID, BudgetWindow]:
+    """The current window of each budget, created on demand (race-safe: unique on budget + start)."""
     now = now or timezone.now()
-    found = _open_windows(budgets, now)
-    missing = [b for b in budgets if b.pk not in found]
-    if not missing:
-        return found
-    fresh = [
-        BudgetWindow(
-            budget=b,
-            start=_first_window_start(b, now),
-            end=window_bounds(b.period, now)[1],
-            limit_usd=b.limit_usd,
-        )
-        for b in missing
-    ]
-    if not create:
-        found.update({w.budget_id: w for w in fresh})
-        return found
+    windows = budget_current_windows(budgets=budgets, now=now)
+    fresh = [w for w in windows.values() if w.pk is None]
+    if not fresh:
+        return windows
     with transaction.atomic():
         # Lock the budgets so a concurrent limit change cannot slip between reading the limit
         # and inserting the window; taken in primary key order like every budget lock.
         limits = dict(
             Budget.objects.select_for_update()
-            .filter(pk__in=[b.pk for b in missing])
+            .filter(pk__in=[w.budget_id for w in fresh])
             .order_by("pk")
             .values_list("pk", "limit_usd")
         )
         for window in fresh:
             window.limit_usd = limits.get(window.budget_id, window.limit_usd)
         BudgetWindow.objects.bulk_create(fresh, ignore_conflicts=True)
-    found.update(_open_windows(missing, now))
-    return found
+    windows.update(budget_open_windows(budgets=[w.budget for w in fresh], now=now))
+    return windows
 
 
 # --- Budgets: reserve, settle, release -------------------------------------------------------------
@@ -385,7 +350,7 @@ def budget_check(
     ]
     if not budgets:
         return
-    windows = budget_windows_current(budgets=budgets, now=now, create=False)
+    windows = budget_current_windows(budgets=budgets, now=now)
     for budget in sorted(budgets, key=lambda b: b.pk):
         window = windows[budget.pk]
         committed = window.spent + window.reserved

@@ -1,5 +1,9 @@
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-router = SimpleRouter()
+from apps.usage.api import BudgetViewSet, UsageSummaryView
 
-urlpatterns = [*router.urls]
+router = SimpleRouter()
+router.register("budgets", BudgetViewSet, basename="budget")
+
+urlpatterns = [path("usage/summary/", UsageSummaryView.as_view(), name="usage-summary"), *router.urls]
