@@ -173,9 +173,10 @@ def _scope_target_exists(*, workspace: Workspace, scope: str, scope_id: UUID) ->
     return False
 
 
-def _validate_budget_fields(
+def budget_validate(
     *, workspace: Workspace, scope: str, scope_id: UUID | None, limit_usd: Decimal, alert_threshold_pct: int | None
 ) -> None:
+    """Raise ValidationProblem naming each bad field; scope_id must name an object of `workspace`."""
     errors: list[dict[str, str]] = []
     if scope == Budget.Scope.WORKSPACE:
         if scope_id is not None:
@@ -204,7 +205,7 @@ def budget_create(
     alert_threshold_pct: int | None = None,
 ) -> Budget:
     """Create a budget. It counts spending from now on: its first window starts at its creation."""
-    _validate_budget_fields(
+    budget_validate(
         workspace=workspace,
         scope=scope,
         scope_id=scope_id,
@@ -244,7 +245,7 @@ def budget_update(
             setattr(locked, name, value)
             changed.append(name)
     if changed:
-        _validate_budget_fields(
+        budget_validate(
             workspace=locked.workspace,
             scope=locked.scope,
             scope_id=locked.scope_id,
