@@ -294,8 +294,11 @@ if SENTRY_DSN:
 
 # --- Usage and budgets (apps/usage) ------------------------------------------------------------------
 # A budget hold older than this was left by a dead worker: budget_release_stale releases it. Keep it
-# above the longest a single provider call attempt may take (provider/step timeout, streams included).
-KEEL_BUDGET_RESERVATION_TTL_S = env_int("KEEL_BUDGET_RESERVATION_TTL_S", 900, minimum=60)
+# above the longest a single provider call attempt may take (a step's timeout_s goes up to 3600 s):
+# a live call whose hold is swept still books its cost, but the limit no longer holds room for it.
+KEEL_BUDGET_RESERVATION_TTL_S = env_int("KEEL_BUDGET_RESERVATION_TTL_S", 7200, minimum=60)
+# Workers serving the runs queue enqueue the stale-hold sweep this often (apps/core/jobs.py periodic jobs).
+KEEL_BUDGET_SWEEP_INTERVAL_S = env_float("KEEL_BUDGET_SWEEP_INTERVAL_S", 300.0, minimum=1.0)
 
 # --- providers (apps/providers: gateway retries, circuit breaker) ------------------------------------
 # Backoff before retry k: uniform(e/2, e), e = min(MAX, BASE * 2**(k-1)), never shorter than Retry-After.

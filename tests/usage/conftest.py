@@ -59,3 +59,8 @@ def make_budget(workspace: Workspace, limit: str = "1", **fields: Any) -> Budget
 @pytest.fixture
 def model(workspace: Workspace) -> Model:
     return make_model(workspace)
+
+
+# The HTTP simulator and real RQ workers, for the integration tests of this package.
+from tests.support.simulator import simulator, simulator_server  # noqa: E402, F401
+from tests.support.workers import rq_workers  # noqa: E402, F401
