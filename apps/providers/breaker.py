@@ -76,6 +76,14 @@ def breaker_failure(model_id: UUID | str) -> bool:
         return False
 
 
+def breaker_probe_release(model_id: UUID | str) -> None:
+    """Give back a probe slot whose call was never sent (refused by a budget, cancelled)."""
+    try:
+        get_redis().delete(_keys(model_id)[2])
+    except RedisError as exc:
+        logger.warning("breaker_unavailable", model_id=str(model_id), error=str(exc))
+
+
 def breaker_state(model_id: UUID | str) -> str:
     """closed, open or half_open (for the admin and tests)."""
     failures_key, open_key, _ = _keys(model_id)

@@ -272,26 +272,32 @@ def gateway_complete(
         stream = on_delta is not None and candidate.supports_streaming
         max_out = _max_output(params, candidate)
         for try_number in range(model_retries + 1):
-            if aborted():
-                raise CallAborted("the call was cancelled before its next attempt")
-            if partial_delivered and on_retry is not None:
-                on_retry()
-            partial_delivered = False
-            call_id = ids.next()
-            usage_services.budget_reserve(
-                call_id=call_id,
-                amount=worst_case_cost_usd(prices=prices, prompt_tokens=prompt_estimate, max_output_tokens=max_out),
-                workspace_id=ctx.workspace_id,
-                workflow_id=ctx.workflow_id,
-                api_key_id=ctx.api_key_id,
-                user_id=ctx.user_id,
-            )
+            try:
+                if aborted():
+                    raise CallAborted("the call was cancelled before its next attempt")
+                call_id = ids.next()
+                usage_services.budget_reserve(
+                    call_id=call_id,
+                    amount=worst_case_cost_usd(prices=prices, prompt_tokens=prompt_estimate, max_output_tokens=max_out),
+                    workspace_id=ctx.workspace_id,
+                    workflow_id=ctx.workflow_id,
+                    api_key_id=ctx.api_key_id,
+                    user_id=ctx.user_id,
+                )
+            except BaseException:
+                # Nothing was sent: a half-open probe slot this call may hold goes back at once.
+                breaker.breaker_probe_release(candidate.pk)
+                raise
             try:
                 if on_attempt is not None:
                     on_attempt(call_id)
             except BaseException:
                 usage_services.budget_release(call_id=call_id)
+                breaker.breaker_probe_release(candidate.pk)
                 raise
+            if partial_delivered and on_retry is not None:
+                on_retry()
+            partial_delivered = False
             attempts += 1
             attempt_started = time.monotonic()
             outcome = _send(

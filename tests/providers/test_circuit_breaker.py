@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from apps.providers.breaker import breaker_allow, breaker_failure, breaker_state
-from apps.providers.gateway import CallContext, gateway_complete
-from tests.support.simulator import always, sim_configure, sim_model, sim_provider
+from apps.providers.gateway import CallContext, ProviderError, gateway_complete
+from tests.support.simulator import always, fail_first, sim_configure, sim_model, sim_provider
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db]
 
@@ -86,3 +86,25 @@ def test_only_one_of_many_concurrent_callers_gets_the_half_open_probe(breaker_se
     for thread in threads:
         thread.join(timeout=10)
     assert sorted(allowed) == [False] * 7 + [True]
+
+
+def test_a_probe_refused_by_a_budget_gives_its_slot_back(simulator, workspace, breaker_settings, settings):
+    from decimal import Decimal
+
+    from apps.core.problems import BudgetExceeded
+    from apps.usage.services import budget_create, budget_update
+
+    settings.KEEL_BREAKER_FAILURE_THRESHOLD = 1
+    provider = sim_provider(simulator, workspace, config=fail_first(1, status=500))
+    sim_model(provider, alias="fast")
+    ctx = CallContext(workspace_id=workspace.pk)
+    with pytest.raises(ProviderError):
+        gateway_complete(ctx=ctx, model="fast", messages=MESSAGES, retries=0)  # opens the breaker
+    budget = budget_create(workspace=workspace, scope="workspace", period="month", limit_usd=Decimal("0.000001"))
+    time.sleep(COOLDOWN + 0.05)
+
+    with pytest.raises(BudgetExceeded):
+        gateway_complete(ctx=ctx, model="fast", messages=MESSAGES, retries=0)  # won the probe, sent nothing
+    budget_update(budget=budget, limit_usd=Decimal("10"))
+    assert gateway_complete(ctx=ctx, model="fast", messages=MESSAGES, retries=0).model_alias == "fast"
+    assert simulator.calls("sim-fast") == 2
