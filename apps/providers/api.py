@@ -18,6 +18,8 @@ from apps.accounts.tenancy import WorkspaceScopedMixin, get_actor
 from apps.providers.models import PRICE, Model, Provider
 from apps.providers.services import model_create, model_update, provider_create, provider_update
 
+MAX_TOKENS = 2_147_483_647  # the columns' range
+
 
 class ProviderSerializer(serializers.ModelSerializer[Provider]):
     kind_label = serializers.CharField(source="get_kind_display", read_only=True)
@@ -103,8 +105,8 @@ class ModelWriteSerializer(serializers.Serializer[Any]):
     input_price_per_million = _price("input")
     cached_input_price_per_million = _price("cached input")
     output_price_per_million = _price("output")
-    context_window = serializers.IntegerField(min_value=1, required=False)
-    max_output_tokens = serializers.IntegerField(min_value=1, required=False)
+    context_window = serializers.IntegerField(min_value=1, max_value=MAX_TOKENS, required=False)
+    max_output_tokens = serializers.IntegerField(min_value=1, max_value=MAX_TOKENS, required=False)
     supports_json_schema = serializers.BooleanField(required=False)
     supports_streaming = serializers.BooleanField(required=False)
 

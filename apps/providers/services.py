@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 import structlog
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from apps.accounts.models import Workspace
 from apps.core.problems import ValidationProblem
@@ -66,6 +66,18 @@ def provider_problems(provider: Provider) -> list[dict[str, str]]:
     return errors
 
 
+ALIAS_TAKEN = "a model with this alias already exists in the workspace"
+
+
+def _save(row: Provider | Model, *, field: str, message: str) -> None:
+    """Save; a unique constraint lost to a concurrent writer (after our check passed) is the same 400."""
+    try:
+        with transaction.atomic():
+            row.save()
+    except IntegrityError:
+        raise ValidationProblem(errors=[{"field": field, "message": message}]) from None
+
+
 def _set_api_key(provider: Provider, api_key: str | None) -> None:
     # None leaves the key as it is; "" removes it.
     if api_key is None:
@@ -98,7 +110,7 @@ def provider_create(
     if errors:
         raise ValidationProblem(errors=errors)
     _set_api_key(provider, api_key)
-    provider.save()
+    _save(provider, field="name", message="a provider with this name already exists in the workspace")
     logger.info("provider_created", provider=provider.name, kind=provider.kind, has_api_key=provider.has_api_key)
     return provider
 
@@ -120,7 +132,7 @@ def provider_update(*, provider: Provider, api_key: str | None = None, **changes
     if errors:
         raise ValidationProblem(errors=errors)
     _set_api_key(provider, api_key)
-    provider.save()
+    _save(provider, field="name", message="a provider with this name already exists in the workspace")
     logger.info(
         "provider_updated",
         provider=provider.name,
@@ -175,7 +187,7 @@ def model_problems(model: Model) -> list[dict[str, str]]:
         model.alias
         and Model.objects.for_workspace(model.workspace_id).filter(alias=model.alias).exclude(pk=model.pk).exists()
     ):
-        errors.append({"field": "alias", "message": "a model with this alias already exists in the workspace"})
+        errors.append({"field": "alias", "message": ALIAS_TAKEN})
     return errors
 
 
@@ -188,7 +200,7 @@ def model_create(*, workspace: Workspace, provider: Provider, name: str, alias: 
     errors = model_problems(model)
     if errors:
         raise ValidationProblem(errors=errors)
-    model.save()
+    _save(model, field="alias", message=ALIAS_TAKEN)
     return model
 
 
@@ -204,7 +216,7 @@ def model_update(*, model: Model, **changes: Any) -> Model:
     errors = model_problems(model)
     if errors:
         raise ValidationProblem(errors=errors)
-    model.save()
+    _save(model, field="alias", message=ALIAS_TAKEN)
     return model
 
 

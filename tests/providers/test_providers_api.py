@@ -169,6 +169,22 @@ def test_invalid_models_are_refused_with_400_naming_each_field(workspace, other_
         "validation_error",
     )
     assert [e["field"] for e in body["errors"]] == ["max_output_tokens"]
+    body = problem(
+        admin.post(
+            "/api/v1/models/",
+            {
+                "provider": str(mine.pk),
+                "name": "m",
+                "alias": "huge",
+                "context_window": 10**12,
+                "output_price_per_million": "1e9",
+            },
+            format="json",
+        ),
+        400,
+        "validation_error",
+    )
+    assert {e["field"] for e in body["errors"]} == {"context_window", "output_price_per_million"}
     assert Model.objects.for_workspace(workspace).count() == 1
 
 
