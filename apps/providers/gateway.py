@@ -266,8 +266,14 @@ def gateway_complete(
         try:
             client = clients.client_for(provider)
         except SecretUnreadable:
+            breaker.breaker_probe_release(candidate.pk)
             failures.append(f"{candidate.alias}: the provider's API key cannot be decrypted with KEEL_ENCRYPTION_KEYS")
             last = _Attempt(ok=False, code="provider_error", message="unreadable API key")
+            continue
+        except Exception as exc:  # noqa: BLE001 - a provider misconfigured in a way the SDK rejects
+            breaker.breaker_probe_release(candidate.pk)
+            failures.append(f"{candidate.alias}: the provider cannot be used as configured ({exc})")
+            last = _Attempt(ok=False, code="provider_error", message="misconfigured provider")
             continue
         stream = on_delta is not None and candidate.supports_streaming
         max_out = _max_output(params, candidate)
@@ -329,9 +335,10 @@ def gateway_complete(
                 usage_services.budget_settle(call_id=call_id, actual=cost)
             else:
                 usage_services.budget_release(call_id=call_id)
-            if outcome.callback_error is not None:
-                raise outcome.callback_error
-            if outcome.aborted:
+            if outcome.callback_error is not None or outcome.aborted:
+                breaker.breaker_probe_release(candidate.pk)  # the model's health was not the question
+                if outcome.callback_error is not None:
+                    raise outcome.callback_error
                 raise CallAborted("the call was cancelled while the model was answering")
             if outcome.ok:
                 breaker.breaker_success(candidate.pk)
