@@ -6,6 +6,7 @@ whether one is set). `is_simulator` and `kind_label` mark a simulator as not a r
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
@@ -95,7 +96,13 @@ class ModelSerializer(serializers.ModelSerializer[Model]):
 
 
 def _price(label: str) -> serializers.DecimalField:
-    return serializers.DecimalField(**PRICE, min_value=0, required=False, help_text=f"USD per million {label} tokens")
+    return serializers.DecimalField(
+        max_digits=PRICE["max_digits"],
+        decimal_places=PRICE["decimal_places"],
+        min_value=Decimal(0),
+        required=False,
+        help_text=f"USD per million {label} tokens",
+    )
 
 
 class ModelWriteSerializer(serializers.Serializer[Any]):

@@ -53,16 +53,25 @@ def _build(provider: Provider) -> OpenAI:
         if base_url is None:
             http_client = httpx2.Client(transport=SimulatorTransport())
             base_url = IN_PROCESS_SIMULATOR_URL
-    common = {"timeout": provider.timeout_s, "max_retries": 0, "default_headers": headers or None}
+    default_headers = headers or None
     if provider.kind == Provider.Kind.AZURE_OPENAI:
         return AzureOpenAI(
             azure_endpoint=provider.base_url,
             api_key=api_key,
             api_version=str(provider.config.get("api_version") or DEFAULT_AZURE_API_VERSION),
             http_client=http_client,
-            **common,
+            timeout=provider.timeout_s,
+            max_retries=0,
+            default_headers=default_headers,
         )
-    return OpenAI(api_key=api_key, base_url=base_url, http_client=http_client, **common)
+    return OpenAI(
+        api_key=api_key,
+        base_url=base_url,
+        http_client=http_client,
+        timeout=provider.timeout_s,
+        max_retries=0,  # Keel's own loop retries (backoff, Retry-After, breaker, ledger per attempt)
+        default_headers=default_headers,
+    )
 
 
 def clients_clear() -> None:

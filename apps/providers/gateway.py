@@ -437,6 +437,8 @@ def _send(
     should_abort: Callable[[], bool] | None,
 ) -> _Attempt:
     """One request through the SDK. Every provider-side failure comes back as a failed _Attempt."""
+    # The SDK's TypedDicts describe OpenAI's own message shapes; steps build plain dicts of the same shape.
+    sdk_messages: Any = messages
     kwargs: dict[str, Any] = {k: v for k, v in params.items() if k in _SDK_PARAMS}
     extra_body = {k: v for k, v in params.items() if k not in _SDK_PARAMS and k not in _CONTROL_PARAMS}
     response_format = _response_format(model, response_schema)
@@ -450,11 +452,13 @@ def _send(
     in_stream = False
     try:
         if on_delta is None:
-            completion = client.chat.completions.create(model=model.name, messages=messages, timeout=timeout, **kwargs)
+            completion = client.chat.completions.create(
+                model=model.name, messages=sdk_messages, timeout=timeout, **kwargs
+            )
             return _from_completion(completion)
-        stream = client.chat.completions.create(
+        stream: Any = client.chat.completions.create(
             model=model.name,
-            messages=messages,
+            messages=sdk_messages,
             timeout=timeout,
             stream=True,
             stream_options={"include_usage": True},
@@ -595,7 +599,8 @@ def _error_detail(exc: openai.APIStatusError) -> str:
     # The SDK hands over the body's `error` object (or the whole body); prefer its own message.
     body = exc.body
     if isinstance(body, dict):
-        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        error = body.get("error")
+        inner: dict[str, Any] = error if isinstance(error, dict) else body
         message = inner.get("message")
         if isinstance(message, str) and message:
             return message[:300]

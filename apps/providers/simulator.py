@@ -265,7 +265,8 @@ class SimulatorCore:
             self._model_counts(model).errors += 1
 
     # --- protocol ---------------------------------------------------------------------------------
-    def handle(self, *, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
+    def handle(self, *, method: str, path: str, headers: Any, body: bytes) -> Reply:
+        """`headers`: any case-insensitive lookup with .get (httpx2.Headers, the HTTP server's Message)."""
         path = path.rstrip("/") or "/"
         if method == "GET" and path == "/stats":
             return _json_reply(200, self.stats())
@@ -280,7 +281,7 @@ class SimulatorCore:
             return _json_reply(405, error_body(405, "Use POST for chat completions."))
         return self._chat(headers, body)
 
-    def _chat(self, headers: Mapping[str, str], body: bytes) -> Reply:
+    def _chat(self, headers: Any, body: bytes) -> Reply:
         try:
             request = json.loads(body or b"null")
         except ValueError:

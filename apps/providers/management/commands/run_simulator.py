@@ -24,7 +24,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, host: str, port: int, **options: Any) -> None:
         server = make_server(host, port)
-        bound_host, bound_port = server.server_address[:2]
+        bound_host, bound_port = str(server.server_address[0]), int(server.server_address[1])
 
         def shut_down(signum: int, frame: Any) -> None:
             # shutdown() waits for serve_forever to return, so it must run off the serving thread.
