@@ -55,5 +55,6 @@ def demo_seed(*, reset_password: bool = False) -> DemoResult:
 def _contributors() -> list:  # type: ignore[type-arg]
     """Each app's demo seeding service, in dependency order (providers before workflows)."""
     from apps.providers.services import providers_demo_seed  # core does not depend on the apps at import time
+    from apps.workflows.services import workflow_demo_seed
 
-    return [providers_demo_seed]
+    return [providers_demo_seed, workflow_demo_seed]

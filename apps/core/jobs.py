@@ -108,7 +108,10 @@ def periodic_jobs() -> list[PeriodicJob]:
 
 
 def periodic_tick(*, connection: Redis, queue_names: Iterable[str]) -> list[str]:
-    """Enqueue each periodic job of these queues whose period has no enqueue yet. Returns job ids."""
+    """Enqueue each periodic job of these queues whose period has no enqueue yet. Returns job ids.
+
+    A job whose previous enqueue still waits in the queue (every worker busy) is not enqueued again.
+    """
     served = set(queue_names)
     enqueued = []
     for job in _PERIODIC.values():
@@ -117,9 +120,14 @@ def periodic_tick(*, connection: Redis, queue_names: Iterable[str]) -> list[str]
         period_ms = max(1, int(job.every_s * 1000))
         if not connection.set(f"keel:periodic:{job.name}", "1", nx=True, px=period_ms):
             continue
+        last_key = f"keel:periodic:{job.name}:last"
+        last = connection.get(last_key)
+        if last is not None and connection.lpos(f"rq:queue:{job.queue}", last) is not None:
+            continue  # the previous one still waits in the queue
         # At the front: a backlog of long runs must not delay the reaper that rescues them.
         created = enqueue(job.func, queue=job.queue, job_id=f"periodic-{job.name}-{time.time_ns()}", at_front=True)
         if created is not None:
+            connection.set(last_key, created.id, ex=max(60, int(job.every_s * 10)))
             enqueued.append(created.id)
     return enqueued
 

@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 from apps.accounts.tenancy import WorkspaceScopedMixin, get_actor
 from apps.core.problems import ValidationProblem
 from apps.runs.models import Run
-from apps.runs.serializers import RunSerializer, RunSummarySerializer
+from apps.runs.serializers import RunSerializer, RunSummarySerializer, run_body
 from apps.runs.services import (
     idempotency_response_store,
     run_cancel,
@@ -148,9 +148,9 @@ class WorkflowRunsView(APIView):
             return sse_response(run_event_stream(run.pk))
         finished = handle.wait(data.validated_data.get("wait_s", settings.KEEL_RUN_DEFAULT_WAIT_S))
         fresh = _run_for_body(run)
-        body = RunSerializer(fresh).data
+        body = run_body(fresh)
         if finished and fresh.is_finished:
-            idempotency_response_store(run=fresh, status=200, body=dict(body))
+            idempotency_response_store(run=fresh, status=200, body=body)
             return Response(body, status=status.HTTP_200_OK, headers={"Location": _location(run)})
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": _location(run)})
 

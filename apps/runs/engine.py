@@ -149,8 +149,8 @@ class _StepContext:
         # Stable per run, step, execution and call: ledger ids are `{call_key}-{attempt}` (<= 64 chars).
         return f"{self.run_id}-{self._step.index}-{self._executor.run.executions}-{call}"
 
-    def on_delta(self, text: str, *, call: int = 1) -> None:
-        self._executor.delta(self._step, text, call)
+    def on_delta(self, text: str, *, answer: int = 1) -> None:
+        self._executor.delta(self._step, text, answer)
 
     def on_attempt(self, call_id: str) -> None:
         self._executor.note_call(self._step, call_id)
@@ -177,7 +177,7 @@ class Executor:
         self._last_abort_check = 0.0
         self._current: StepRun | None = None
         self._deltas: list[str] = []
-        self._delta_call = 1
+        self._delta_answer = 1
         self._delta_flushed_at = 0.0
 
     # --- the run --------------------------------------------------------------------------------
@@ -362,7 +362,7 @@ class Executor:
             step.save(update_fields=["status", "executions", "started_at", "finished_at", "error", "updated_at"])
             self._emit(events.STEP_STARTED, {"step": step.step_id, "type": step.type, "index": step.index})
         self._current = step
-        self._delta_call = 1
+        self._delta_answer = 1
         logger.info("step_started", step=step.step_id, type=step.type, execution=step.executions)
 
     def note_call(self, step: StepRun, call_id: str) -> None:
@@ -434,12 +434,12 @@ class Executor:
 
     # --- streamed text ----------------------------------------------------------------------------
 
-    def delta(self, step: StepRun, text: str, call: int) -> None:
+    def delta(self, step: StepRun, text: str, answer: int) -> None:
         if not text:
             return
-        if call != self._delta_call:
+        if answer != self._delta_answer:
             self._flush_deltas(step)
-            self._delta_call = call
+            self._delta_answer = answer
         self._deltas.append(text)
         now = time.monotonic()
         if now - self._delta_flushed_at >= DELTA_FLUSH_S or sum(map(len, self._deltas)) >= DELTA_MAX_CHARS:
@@ -450,7 +450,7 @@ class Executor:
             return
         text, self._deltas = "".join(self._deltas), []
         self._delta_flushed_at = time.monotonic()
-        self._emit(events.STEP_DELTA, {"step": step.step_id, "delta": text, "call": self._delta_call})
+        self._emit(events.STEP_DELTA, {"step": step.step_id, "delta": text, "answer": self._delta_answer})
 
 
 def _errors(failure: StepFailed) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.utils.encoders import JSONEncoder
 
 from apps.runs.models import Run, StepRun
 
@@ -53,6 +55,7 @@ class RunSummarySerializer(serializers.ModelSerializer[Run]):
     workflow_version = serializers.SlugRelatedField(slug_field="number", read_only=True)
     usage = serializers.SerializerMethodField()
     duration_ms = serializers.IntegerField(allow_null=True)
+    retry_of = serializers.PrimaryKeyRelatedField(read_only=True, pk_field=serializers.UUIDField())
 
     class Meta:
         model = Run
@@ -92,5 +95,5 @@ class RunSerializer(RunSummarySerializer):
 
 
 def run_body(run: Run) -> dict[str, Any]:
-    """The run body, reading the steps fresh (the engine and the API call this after writes)."""
-    return dict(RunSerializer(run).data)
+    """The run body as plain JSON types (it is stored in RunEvent.data and in idempotency replays)."""
+    return json.loads(json.dumps(RunSerializer(run).data, cls=JSONEncoder))

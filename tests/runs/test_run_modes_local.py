@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from apps.runs.models import Run, RunEvent, StepRun
 from apps.workflows.services import workflow_create
 from tests.runs.conftest import transform_definition
+from tests.runs.helpers import sse_events
 from tests.support.tenancy import key_client, problem
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def sse_events(response) -> list[dict]:
-    """Parse a text/event-stream response into [{"id", "event", "data"}]."""
-    text = b"".join(response.streaming_content).decode()
-    events = []
-    for block in text.split("\n\n"):
-        fields = {}
-        for line in block.splitlines():
-            if line.startswith(":") or ":" not in line:
-                continue
-            name, _, value = line.partition(":")
-            fields[name] = value.strip()
-        if "event" in fields:
-            events.append({"id": int(fields["id"]), "event": fields["event"], "data": json.loads(fields["data"])})
-    return events
 
 
 def test_a_sync_run_answers_200_with_the_finished_run_body(workspace, shout):

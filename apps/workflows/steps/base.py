@@ -51,8 +51,8 @@ class StepContext(Protocol):
     def call_key(self, call: int) -> str:
         """A stable prefix for the ledger ids of this step's `call`-th gateway call in this execution."""
 
-    def on_delta(self, text: str, *, call: int = 1) -> None:
-        """Streamed text of the step's `call`-th gateway call, in order."""
+    def on_delta(self, text: str, *, answer: int = 1) -> None:
+        """Streamed text of the step's `answer`-th answer, in order (a new number starts a new answer)."""
 
     def on_attempt(self, call_id: str) -> None:
         """Called with each ledger call id just before its provider request is sent."""
@@ -78,6 +78,7 @@ class Usage:
     saved_usd: Decimal = Decimal("0")
     latency_ms: int = 0
     call_ids: list[str] = field(default_factory=list)
+    answers: int = 0  # answers streamed so far (numbers the step.delta events)
 
 
 @dataclass

@@ -133,10 +133,19 @@ class LlmStep(StepType):
             # An attempt may not outlive the run: the run's timeout caps the step's.
             timeout = min(float(timeout), remaining) if timeout else remaining
         streamed: list[bool] = []
+        # Deltas carry an answer number: a new one (the repair call, or a retry after a stream broke
+        # off) tells stream readers to discard the text of the previous one.
+        answer = [usage.answers]
 
         def on_delta(text: str) -> None:
-            streamed.append(True)
-            ctx.on_delta(text, call=call)
+            if not streamed:
+                streamed.append(True)
+                usage.answers += 1
+                answer[0] = usage.answers
+            ctx.on_delta(text, answer=answer[0])
+
+        def on_retry() -> None:
+            streamed.clear()
 
         try:
             result = gateway_complete(
@@ -155,12 +164,13 @@ class LlmStep(StepType):
                 params=params,
                 response_schema=step.get("response_schema"),
                 cache=_cache_policy(step.get("cache")),
-                retries=int(step.get("retries", 2)),
+                retries=step.get("retries"),  # None: the provider's max_retries
                 timeout_s=timeout,
                 on_delta=on_delta,
                 should_abort=ctx.should_abort,
                 call_key=ctx.call_key(call),
                 on_attempt=ctx.on_attempt,
+                on_retry=on_retry,
             )
         except ProviderError as exc:
             usage.cost_usd += exc.cost_usd
@@ -172,15 +182,16 @@ class LlmStep(StepType):
         usage.provider = result.provider_name
         usage.fallback_used = usage.fallback_used or result.fallback_used
         usage.cache_hit = result.cache_hit
-        usage.input_tokens += result.input_tokens
-        usage.output_tokens += result.output_tokens
+        if not result.cache_hit:  # a cache hit bills no tokens (the ledger books it at zero)
+            usage.input_tokens += result.input_tokens
+            usage.output_tokens += result.output_tokens
         usage.cost_usd += result.cost_usd
         usage.saved_usd += result.saved_usd
         usage.latency_ms += result.latency_ms
         usage.call_ids.extend(result.call_ids)
         if not streamed and result.content:
-            # A cache hit (or a provider that does not stream) still shows its text to stream readers.
-            ctx.on_delta(result.content, call=call)
+            # Whatever the gateway did not stream still reaches stream readers, once.
+            on_delta(result.content)
         return result
 
 

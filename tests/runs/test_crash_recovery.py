@@ -1,0 +1,106 @@
+"""Acceptance 2: a worker killed in the middle of step 2 of 3; a new worker finishes the run."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.conf import settings
+
+from apps.runs.models import Run, RunEvent, StepRun
+from apps.usage.models import UsageRecord
+from apps.workflows.services import workflow_create
+from tests.runs.helpers import wait_for, wait_for_status
+from tests.support.simulator import sim_model, sim_provider, slow
+from tests.support.tenancy import key_client
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+# Short periods so the test is quick; the documented bound is STALE + INTERVAL (+ one heartbeat).
+HEARTBEAT_S, STALE_S, INTERVAL_S = 0.5, 3.0, 1.0
+WORKER_ENV = {
+    "KEEL_RUN_HEARTBEAT_S": str(HEARTBEAT_S),
+    "KEEL_RUN_STALE_S": str(STALE_S),
+    "KEEL_REAPER_INTERVAL_S": str(INTERVAL_S),
+}
+
+
+def three_slow_steps() -> dict:
+    return {
+        "slug": "three-steps",
+        "name": "Three model calls",
+        "input_schema": {"type": "object", "required": ["topic"], "properties": {"topic": {"type": "string"}}},
+        "steps": [
+            {"id": "one", "type": "llm", "model": "one", "prompt": "Outline {{ input.topic }}", "max_tokens": 30},
+            {"id": "two", "type": "llm", "model": "two", "prompt": "Expand: {{ steps.one.output }}", "max_tokens": 30},
+            {
+                "id": "three",
+                "type": "llm",
+                "model": "three",
+                "prompt": "Shorten: {{ steps.two.output }}",
+                "max_tokens": 30,
+            },
+        ],
+        "output": "{{ steps.three.output }}",
+        "limits": {"timeout_s": 120},
+    }
+
+
+def test_a_run_whose_worker_is_killed_during_step_2_is_finished_by_a_new_worker(workspace, simulator, rq_workers):
+    provider = sim_provider(simulator, workspace, config=slow(1.5))
+    for alias in ("one", "two", "three"):
+        sim_model(provider, alias=alias)
+    workflow_create(workspace=workspace, definition=three_slow_steps())
+    first = rq_workers.start("runs", env=WORKER_ENV)
+
+    response = key_client(workspace).post(
+        "/api/v1/workflows/three-steps/runs/", {"input": {"topic": "tides"}, "mode": "async"}, format="json"
+    )
+    run_id = response.json()["id"]
+    # Step 2's request has reached the provider (so it is really in flight) when the machine is lost.
+    wait_for(lambda: simulator.calls("sim-two") == 1, timeout=30, what="step 2's call to reach the simulator")
+    in_flight = StepRun.objects.get(run_id=run_id, step_id="two")
+    assert in_flight.status == "running" and len(in_flight.call_ids) == 1
+    first.kill()
+    killed_at = time.monotonic()
+    assert Run.objects.get(pk=run_id).status == "running"  # nobody has noticed yet
+
+    booted = time.monotonic()
+    rq_workers.start("runs", env=WORKER_ENV)
+    boot_s = time.monotonic() - booted
+    resumed = wait_for(
+        lambda: RunEvent.objects.filter(run_id=run_id, type="run.started", data__execution=2).first(),
+        timeout=60,
+        what="the run to be resumed",
+    )
+    resumed_after = time.monotonic() - killed_at
+    run = wait_for_status(run_id, {"succeeded", "failed", "cancelled"}, timeout=60)
+
+    # Within the documented bound: stale after STALE_S since the last beat, found by the next reap.
+    bound = STALE_S + INTERVAL_S + HEARTBEAT_S + boot_s + 2.0
+    assert resumed_after <= bound, (resumed_after, bound)
+    assert resumed is not None
+    assert run.status == "succeeded", (run.error, first.log_text()[-2000:])
+    assert run.executions == 2
+    steps = {s.step_id: s for s in StepRun.objects.filter(run_id=run_id)}
+    assert {s.status for s in steps.values()} == {"succeeded"}
+    assert (steps["one"].executions, steps["two"].executions, steps["three"].executions) == (1, 2, 1)
+
+    # Step 1 was not called again; step 2 was called twice (the cut call and the new one).
+    assert simulator.calls("sim-one") == 1
+    assert simulator.calls("sim-two") == 2
+    assert simulator.calls("sim-three") == 1
+
+    # The ledger has every provider call exactly once: the cut call booked once, as abandoned.
+    ledger = list(UsageRecord.objects.filter(run_id=run_id).order_by("created_at"))
+    assert len(ledger) == simulator.calls() == 4
+    assert len({row.call_id for row in ledger}) == 4
+    abandoned = [row for row in ledger if row.error_code == "abandoned"]
+    assert [row.call_id for row in abandoned] == in_flight.call_ids
+    assert abandoned[0].status == "failed" and abandoned[0].input_tokens == abandoned[0].output_tokens == 0
+    assert abandoned[0].cost_usd == 0 and abandoned[0].step_id == "two"
+    stats = simulator.stats()
+    assert sum(r.input_tokens for r in ledger) == stats["prompt_tokens"]
+    assert sum(r.output_tokens for r in ledger) == stats["completion_tokens"]
+    assert run.cost_usd == sum(r.cost_usd for r in ledger)
+    assert settings.KEEL_RUN_MAX_EXECUTIONS >= 2
