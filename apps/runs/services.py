@@ -173,7 +173,15 @@ def run_start(
                 # The whole first response is known now: store it with the run, so a repeat never sees 409.
                 record.response_status, record.response_body = 202, run_body(run)
             record.save(update_fields=["run", "response_status", "response_body", "updated_at"])
-    logger.info("run_created", run_id=str(run.pk), workflow=workflow.slug, version=version.number, mode=mode)
+    logger.info(
+        "run_created",
+        run_id=str(run.pk),
+        workspace=workflow.workspace.slug,
+        trace_id=trace_id,
+        workflow=workflow.slug,
+        version=version.number,
+        mode=mode,
+    )
     return RunStart(run=run)
 
 

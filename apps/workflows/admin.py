@@ -32,17 +32,19 @@ class WorkflowForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.instance.pk:
+        # A UUID primary key is set before the first save: "adding" is what tells a new workflow apart.
+        if not self.instance._state.adding:
             self.fields["workspace"].disabled = True
             self.initial["definition"] = workflow_version_latest(workflow=self.instance).definition
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        workspace = cleaned.get("workspace") or (self.instance.workspace if self.instance.pk else None)
+        adding = self.instance._state.adding
+        workspace = cleaned.get("workspace") or (None if adding else self.instance.workspace)
         definition = cleaned.get("definition")
         if workspace is None or "definition" not in cleaned:
             return cleaned
-        if self.instance.pk and isinstance(definition, dict):
+        if not adding and isinstance(definition, dict):
             definition.setdefault("slug", self.instance.slug)
             if definition["slug"] != self.instance.slug:
                 self.add_error("definition", f"slug: must stay {self.instance.slug!r}")
