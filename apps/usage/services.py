@@ -450,7 +450,8 @@ def _finish(*, call_id: str, actual: Decimal | None, now: dt.datetime) -> None:
         if actual is not None:
             states.append(BudgetReservation.State.RELEASED)
         holds = list(
-            BudgetReservation.objects.select_for_update()
+            BudgetReservation.objects.select_for_update(of=("self",))
+            .select_related("window__budget")
             .filter(call_id=call_id, state__in=states)
             .order_by("window_id")
         )
@@ -483,7 +484,8 @@ def _finish(*, call_id: str, actual: Decimal | None, now: dt.datetime) -> None:
                         reserved=str(hold.amount),
                         actual=str(actual),
                     )
-                events.extend(_threshold_events(hold.window_id, call_id))
+                if hold.window.budget.alert_threshold_pct is not None:
+                    events.extend(_threshold_events(hold.window_id, call_id))
             hold.finished_at = now
         BudgetReservation.objects.bulk_update(holds, ["state", "actual", "finished_at"])
         _events_record(events)
