@@ -239,6 +239,10 @@ class Executor:
                 result = step_type(spec["type"]).execute(spec, _StepContext(self, step, context))
             except StepFailed as failure:
                 self._flush_deltas(step)
+                if self._past_deadline():
+                    # The step failed because the run's time ran out (its call was cut short): say so.
+                    self._stop("timeout", step, usage=failure.usage, input=failure.input)
+                    return
                 self._step_finish(
                     step,
                     status=StepRun.Status.FAILED,
@@ -300,9 +304,12 @@ class Executor:
             return "lease_lost"
         if row["cancel_requested_at"] is not None:
             return "cancelled"
-        if self.run.deadline_at is not None and timezone.now() >= self.run.deadline_at:
+        if self._past_deadline():
             return "timeout"
         return None
+
+    def _past_deadline(self) -> bool:
+        return self.run.deadline_at is not None and timezone.now() >= self.run.deadline_at
 
     def should_abort(self) -> bool:
         if self.abort_reason is not None:
@@ -317,18 +324,21 @@ class Executor:
         self.abort_reason = self._check()
         return self.abort_reason is not None
 
-    def _stop(self, reason: str, step: StepRun) -> None:
+    def _stop(
+        self, reason: str, step: StepRun, *, usage: Usage | None = None, input: dict[str, Any] | None = None
+    ) -> None:
         if reason == "lease_lost":
             raise LeaseLost
         if reason == "timeout":
-            error = error_body("run_timeout", "The run exceeded its time limit.", step.step_id)
+            limit = run_timeout_s(self.definition)
+            error = error_body("run_timeout", f"The run exceeded its time limit of {limit:g} s.", step.step_id)
             if step.status == StepRun.Status.RUNNING:
-                self._step_finish(step, status=StepRun.Status.FAILED, error=error)
+                self._step_finish(step, status=StepRun.Status.FAILED, error=error, usage=usage, input=input)
             self._finish(Run.Status.FAILED, error=error)
             return
         error = error_body("cancelled", "The run was cancelled on request.", step.step_id)
         if step.status == StepRun.Status.RUNNING:
-            self._step_finish(step, status=StepRun.Status.CANCELLED, error=error)
+            self._step_finish(step, status=StepRun.Status.CANCELLED, error=error, usage=usage, input=input)
         logger.info("run_cancelled", step=step.step_id)
         self._finish(Run.Status.CANCELLED, error=error)
 
