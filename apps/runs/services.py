@@ -29,7 +29,7 @@ from apps.runs import events
 from apps.runs.engine import Executor, error_body, run_claim, run_timeout_s
 from apps.runs.models import IdempotencyKey, Run, StepRun
 from apps.runs.serializers import run_body
-from apps.usage.services import budget_release, usage_record
+from apps.usage.services import budget_check, budget_release, usage_record
 from apps.workflows.definition import input_errors
 from apps.workflows.models import Workflow, WorkflowVersion
 from apps.workflows.selectors import workflow_version_latest
@@ -150,6 +150,14 @@ def run_start(
             )
             if not created:
                 return _idempotent_repeat(record, fingerprint)
+        # 402 before anything is recorded when a blocking budget is already full (issue #5); the
+        # reservation before each call is what holds the limit for runs that pass.
+        budget_check(
+            workspace_id=workflow.workspace_id,
+            workflow_id=workflow.pk,
+            api_key_id=getattr(actor.api_key, "pk", None),
+            user_id=getattr(actor.user, "pk", None),
+        )
         run = Run.objects.create(
             workspace_id=workflow.workspace_id,
             workflow=workflow,
