@@ -9,7 +9,13 @@ from typing import Any
 
 from django.utils import dateparse, timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -215,27 +221,30 @@ class UsageSummaryView(APIView):
             ),
             OpenApiParameter("group_by", OpenApiTypes.STR, enum=list(GROUP_BYS), description="Default: day."),
         ],
-        responses=inline_serializer(
-            "UsageSummary",
-            {
-                "from": serializers.DateTimeField(),
-                "to": serializers.DateTimeField(),
-                "group_by": serializers.ChoiceField(choices=GROUP_BYS),
-                "rows": inline_serializer(
-                    "UsageSummaryRow",
-                    {
-                        "key": serializers.CharField(
-                            allow_null=True,
-                            help_text="UTC date (day), model alias (model), workflow or API key id; "
-                            "null for calls made without a workflow or key.",
-                        ),
-                        **_TOTALS_FIELDS,
-                    },
-                    many=True,
-                ),
-                "totals": inline_serializer("UsageSummaryTotals", _TOTALS_FIELDS),
-            },
-        ),
+        responses={
+            400: OpenApiResponse(description="problem+json (validation_error) naming each bad parameter"),
+            200: inline_serializer(
+                "UsageSummary",
+                {
+                    "from": serializers.DateTimeField(),
+                    "to": serializers.DateTimeField(),
+                    "group_by": serializers.ChoiceField(choices=GROUP_BYS),
+                    "rows": inline_serializer(
+                        "UsageSummaryRow",
+                        {
+                            "key": serializers.CharField(
+                                allow_null=True,
+                                help_text="UTC date (day), model alias (model), workflow or API key id; "
+                                "null for calls made without a workflow or key.",
+                            ),
+                            **_TOTALS_FIELDS,
+                        },
+                        many=True,
+                    ),
+                    "totals": inline_serializer("UsageSummaryTotals", _TOTALS_FIELDS),
+                },
+            ),
+        },
     )
     def get(self, request: Request) -> Response:
         params = request.query_params
