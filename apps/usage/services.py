@@ -403,22 +403,26 @@ def budget_reserve(
         if BudgetReservation.objects.filter(call_id=call_id).exists():
             return
         events: list[BudgetEvent] = []
+        held: list[BudgetWindow] = []
         for window in sorted(windows.values(), key=lambda w: w.pk):
             budget = by_id[window.budget_id]
             rows = BudgetWindow.objects.filter(pk=window.pk)
             if budget.action == Budget.Action.BLOCK:
-                if not rows.filter(limit_usd__gte=F("spent") + F("reserved") + amount).update(
-                    reserved=F("reserved") + amount
-                ):
-                    window.refresh_from_db()
-                    raise _refusal(budget, window, amount)
+                fits = rows.filter(limit_usd__gte=F("spent") + F("reserved") + amount)
+                if not fits.update(reserved=F("reserved") + amount):
+                    current = rows.first()
+                    if current is None:
+                        continue  # the budget was deleted meanwhile: nothing to hold
+                    raise _refusal(budget, current, amount)
             else:
-                rows.update(reserved=F("reserved") + amount)
+                if not rows.update(reserved=F("reserved") + amount):
+                    continue
                 window.refresh_from_db()
                 if window.spent + window.reserved > window.limit_usd:
                     events.append(_event(window, BudgetEvent.Kind.LIMIT_EXCEEDED, call_id))
+            held.append(window)
         BudgetReservation.objects.bulk_create(
-            [BudgetReservation(call_id=call_id, window_id=w.pk, amount=amount) for w in windows.values()]
+            [BudgetReservation(call_id=call_id, window_id=w.pk, amount=amount) for w in held]
         )
         _events_record(events)
 

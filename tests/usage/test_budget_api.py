@@ -202,3 +202,18 @@ def test_listing_budgets_costs_the_same_queries_for_one_or_many(workspace, admin
         make_budget(workspace, "1")
     with django_assert_max_num_queries(6):
         assert len(admin.get("/api/v1/budgets/").json()["results"]) == 12
+
+
+def test_a_budget_can_target_a_workflow_of_the_workspace_and_not_of_another(workspace, other_workspace, admin):
+    from apps.workflows.services import workflow_create
+    from tests.runs.conftest import transform_definition
+
+    mine = workflow_create(workspace=workspace, definition=transform_definition())
+    theirs = workflow_create(workspace=other_workspace, definition=transform_definition())
+    body = {"scope": "workflow", "period": "month", "limit_usd": "3"}
+
+    created = admin.post("/api/v1/budgets/", {**body, "scope_id": str(mine.pk)}, format="json")
+    refused = admin.post("/api/v1/budgets/", {**body, "scope_id": str(theirs.pk)}, format="json")
+
+    assert created.status_code == 201 and created.json()["scope_id"] == str(mine.pk)
+    assert [e["field"] for e in problem(refused, 400, "validation_error")["errors"]] == ["scope_id"]

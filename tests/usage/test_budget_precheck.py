@@ -122,3 +122,17 @@ def test_a_repeated_idempotent_request_gets_its_first_answer_even_when_the_budge
         402,
         "budget_exceeded",
     )
+
+
+def test_a_full_workflow_budget_refuses_that_workflow_only(workspace, summarise):
+    from tests.runs.conftest import transform_definition
+
+    workflow_create(workspace=workspace, definition=transform_definition())  # "shout": no model calls
+    make_budget(workspace, "0", scope=Budget.Scope.WORKFLOW, scope_id=summarise.pk)
+    client = key_client(workspace)
+
+    refused = client.post("/api/v1/workflows/summarise/runs/", {"input": {"text": "hi"}}, format="json")
+    other = client.post("/api/v1/workflows/shout/runs/", {"input": {"text": "hi"}, "mode": "async"}, format="json")
+
+    problem(refused, 402, "budget_exceeded")
+    assert other.status_code == 202 and Run.objects.filter(workflow__slug="shout").count() == 1

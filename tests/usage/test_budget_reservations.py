@@ -245,3 +245,21 @@ def test_resetting_a_window_starts_an_empty_one_and_in_flight_calls_settle_in_th
     fresh.refresh_from_db()
     assert (old.spent, old.reserved) == (D("0.8"), D("0"))
     assert (fresh.spent, fresh.reserved) == (D("0"), D("0.9"))
+
+
+def test_a_budget_deleted_while_a_call_reserves_is_skipped_without_error(workspace, monkeypatch):
+    keep = make_budget(workspace, "1")
+    gone = make_budget(workspace, "1", period=Budget.Period.DAY)
+    original = budget_windows_current
+
+    def then_delete(**kwargs):
+        windows = original(**kwargs)
+        gone.delete()  # an admin deletes it between finding the windows and reserving in them
+        return windows
+
+    monkeypatch.setattr("apps.usage.services.budget_windows_current", then_delete)
+    budget_reserve(call_id="c1", amount=D("0.5"), workspace_id=workspace.pk)
+    budget_settle(call_id="c1", actual=D("0.25"))
+
+    assert window_of(keep).spent == D("0.25")
+    assert list(BudgetReservation.objects.values_list("window__budget", flat=True)) == [keep.pk]
