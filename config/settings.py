@@ -332,3 +332,9 @@ KEEL_RUN_MAX_WAIT_S = env_float("KEEL_RUN_MAX_WAIT_S", 300.0, minimum=0.0)
 KEEL_IDEMPOTENCY_TTL_S = env_int("KEEL_IDEMPOTENCY_TTL_S", 86400, minimum=60)
 # An SSE connection ends after this long (clients reconnect with Last-Event-ID).
 KEEL_SSE_MAX_S = env_float("KEEL_SSE_MAX_S", 3600.0, minimum=1.0)
+# Runs and steps both have a `status` with different choices: name their OpenAPI enums explicitly.
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
+    **SPECTACULAR_SETTINGS.get("ENUM_NAME_OVERRIDES", {}),  # type: ignore[dict-item]
+    "RunStatusEnum": "apps.runs.models.Run.Status",
+    "StepRunStatusEnum": "apps.runs.models.StepRun.Status",
+}

@@ -138,11 +138,8 @@ class WorkflowRunsView(APIView):
             )
 
         if run.mode == Run.Mode.ASYNC:
-            return Response(
-                RunSerializer(_run_for_body(run)).data,
-                status=status.HTTP_202_ACCEPTED,
-                headers={"Location": _location(run)},
-            )
+            body = started.response[1] if started.response else run_body(_run_for_body(run))
+            return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": _location(run)})
         handle = run_execute_in_thread(run_id=run.pk)
         if run.mode == Run.Mode.STREAM:
             return sse_response(run_event_stream(run.pk))

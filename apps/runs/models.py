@@ -176,7 +176,8 @@ class IdempotencyKey(WorkspaceOwnedModel):
     fingerprint = models.CharField(max_length=64)
     run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_body = models.JSONField(null=True, blank=True)
+    # JSON text, not a JSONField: jsonb reorders keys, and a replay must be the first response exactly.
+    response_body = models.TextField(blank=True, default="")
     expires_at = models.DateTimeField()
 
     class Meta:

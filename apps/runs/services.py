@@ -7,6 +7,7 @@ a thread of the web process for sync and stream runs) and recovers runs whose ex
 from __future__ import annotations
 
 import contextvars
+import json
 import re
 import secrets
 import threading
@@ -85,6 +86,7 @@ class RunStart:
     run: Run
     repeated: bool = False
     replay: tuple[int, dict[str, Any]] | None = None
+    response: tuple[int, dict[str, Any]] | None = None  # the response already stored for this key
 
 
 def _idempotency_claim(*, workspace_id: UUID, key: str, fingerprint: str) -> tuple[IdempotencyKey, bool]:
@@ -175,11 +177,13 @@ def run_start(
         _steps_create(run=run, version=version)
         if mode == Run.Mode.ASYNC:
             run_enqueue(run=run, job_id=f"run-{run.pk}")
+        response = None
         if record is not None:
             record.run = run
             if mode == Run.Mode.ASYNC:
                 # The whole first response is known now: store it with the run, so a repeat never sees 409.
-                record.response_status, record.response_body = 202, run_body(run)
+                response = (202, run_body(run))
+                record.response_status, record.response_body = response[0], json.dumps(response[1])
             record.save(update_fields=["run", "response_status", "response_body", "updated_at"])
     logger.info(
         "run_created",
@@ -190,7 +194,7 @@ def run_start(
         version=version.number,
         mode=mode,
     )
-    return RunStart(run=run)
+    return RunStart(run=run, response=response)
 
 
 def _idempotent_repeat(record: IdempotencyKey, fingerprint: str) -> RunStart:
@@ -200,7 +204,7 @@ def _idempotent_repeat(record: IdempotencyKey, fingerprint: str) -> RunStart:
         )
     run = Run.objects.select_related("workflow", "workflow_version").filter(pk=record.run_id).first()
     if run is not None and record.response_status is not None:
-        return RunStart(run=run, repeated=True, replay=(record.response_status, record.response_body or {}))
+        return RunStart(run=run, repeated=True, replay=(record.response_status, json.loads(record.response_body)))
     if run is None or not run.is_finished:
         raise ConflictProblem("The first request with this Idempotency-Key is still in flight; retry shortly.")
     return RunStart(run=run, repeated=True)
@@ -210,7 +214,7 @@ def idempotency_response_store(*, run: Run, status: int, body: dict[str, Any]) -
     """Remember the first response to the run's Idempotency-Key (no-op without one)."""
     if run.idempotency_key:
         IdempotencyKey.objects.filter(run=run, response_status__isnull=True).update(
-            response_status=status, response_body=body, updated_at=timezone.now()
+            response_status=status, response_body=json.dumps(body), updated_at=timezone.now()
         )
 
 

@@ -23,7 +23,7 @@ URL = "/api/v1/workflows/shout/runs/"
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
 def test_fifty_concurrent_posts_with_one_key_create_exactly_one_run_and_a_different_body_gets_422(
-    live_server, workspace, shout
+    web_server, workspace, shout
 ):
     token = api_key_issue(workspace=workspace, name="concurrent").token
     headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "order-42"}
@@ -32,7 +32,7 @@ def test_fifty_concurrent_posts_with_one_key_create_exactly_one_run_and_a_differ
 
     def post(_: int) -> httpx.Response:
         start.wait(timeout=30)
-        return httpx.post(f"{live_server.url}{URL}", json=body, headers=headers, timeout=60)
+        return httpx.post(f"{web_server}{URL}", json=body, headers=headers, timeout=60)
 
     with ThreadPoolExecutor(max_workers=50) as pool:
         responses = list(pool.map(post, range(50)))
@@ -48,11 +48,11 @@ def test_fifty_concurrent_posts_with_one_key_create_exactly_one_run_and_a_differ
     assert all(r.headers["Location"] == f"/api/v1/runs/{run.pk}/" for r in accepted)
     assert len({r.content for r in accepted}) == 1  # the same first response, byte for byte
 
-    replay = httpx.post(f"{live_server.url}{URL}", json=body, headers=headers, timeout=30)
+    replay = httpx.post(f"{web_server}{URL}", json=body, headers=headers, timeout=30)
     assert replay.status_code == 202 and replay.content == accepted[0].content
 
     other = httpx.post(
-        f"{live_server.url}{URL}", json={**body, "input": {"text": "something else"}}, headers=headers, timeout=30
+        f"{web_server}{URL}", json={**body, "input": {"text": "something else"}}, headers=headers, timeout=30
     )
     assert other.status_code == 422 and other.json()["code"] == "idempotency_mismatch"
     assert other.headers["Content-Type"].startswith("application/problem+json")
@@ -76,7 +76,7 @@ def test_a_repeat_while_the_first_is_in_flight_gets_409(workspace, shout):
     body = {"input": {"text": "hi"}, "mode": "sync"}
     # The first request's run exists and is executing; it has no response yet.
     first = client.post(URL, {**body, "mode": "async"}, format="json", HTTP_IDEMPOTENCY_KEY="k2")
-    IdempotencyKey.objects.filter(key="k2").update(response_status=None, response_body=None)
+    IdempotencyKey.objects.filter(key="k2").update(response_status=None, response_body="")
     Run.objects.filter(pk=first.json()["id"]).update(status="running")
     problem(client.post(URL, {**body, "mode": "async"}, format="json", HTTP_IDEMPOTENCY_KEY="k2"), 409, "conflict")
 
