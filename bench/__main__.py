@@ -29,6 +29,9 @@ def main(argv: list[str]) -> int:
     import django
 
     django.setup()
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the report
     from bench import fixtures, loader, scale, scenarios
 
     plan = scenarios.QUICK if args.quick else scenarios.FULL

@@ -6,6 +6,7 @@ import datetime as dt
 import re
 import threading
 import time
+from contextlib import closing
 from typing import Any
 
 import httpx
@@ -28,6 +29,7 @@ def _server_ms(client: httpx.Client, url: str, **kwargs: Any) -> tuple[float, in
 
 
 def staff_session(base_url: str, email: str, password: str) -> httpx.Client:
+    """A signed-in staff browser session (not yet entered as a context manager)."""
     client = httpx.Client(base_url=base_url, timeout=120)
     page = client.get("/admin/login/")
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
@@ -44,7 +46,8 @@ def staff_session(base_url: str, email: str, password: str) -> httpx.Client:
 def pages(ctx: Ctx, *, email: str, password: str, workflow_id: str, loaded: dict[str, int]) -> list[dict[str, Any]]:
     rows = []
     today = dt.datetime.now(dt.UTC).date()
-    with staff_session(ctx.web.url, email, password) as staff, ctx.api() as api:
+    staff = staff_session(ctx.web.url, email, password)
+    with closing(staff), ctx.api() as api:
         targets = [
             ("admin runs changelist, first page", staff, "/admin/runs/run/", {}),
             (
