@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -57,7 +57,7 @@ class BudgetWindowInline(admin.TabularInline):  # type: ignore[type-arg]
     can_delete = False
     ordering = ["-start"]
     fields = ["start", "end", "limit_usd", "spent", "reserved"]
-    readonly_fields = fields
+    readonly_fields = ["start", "end", "limit_usd", "spent", "reserved"]
     verbose_name_plural = "Windows (latest 31)"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[BudgetWindow]:
@@ -194,7 +194,8 @@ class CappedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        return int(self.object_list.order_by()[: self.CAP + 1].count())
+        rows = cast(QuerySet[Any], self.object_list)
+        return int(rows.order_by()[: self.CAP + 1].count())
 
 
 def _utc_today() -> dt.datetime:

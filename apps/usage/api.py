@@ -24,7 +24,7 @@ from rest_framework.views import APIView
 from apps.accounts.models import Role
 from apps.accounts.tenancy import WorkspaceScopedMixin, get_actor
 from apps.core.problems import ValidationProblem
-from apps.usage.models import MONEY, Budget, BudgetWindow
+from apps.usage.models import Budget, BudgetWindow
 from apps.usage.selectors import GROUP_BYS, UsageTotals, budget_current_windows, usage_summary
 from apps.usage.services import budget_create, budget_delete, budget_update
 
@@ -88,7 +88,7 @@ class BudgetCreateSerializer(serializers.Serializer[Any]):
         required=False, allow_null=True, default=None, help_text="Null for `workspace`; else the id in your workspace."
     )
     period = serializers.ChoiceField(choices=Budget.Period.choices, help_text="UTC calendar day or month, or total.")
-    limit_usd = serializers.DecimalField(**MONEY, min_value=Decimal("0"))
+    limit_usd = serializers.DecimalField(max_digits=18, decimal_places=10, min_value=Decimal("0"))
     action = serializers.ChoiceField(choices=Budget.Action.choices, default=Budget.Action.BLOCK)
     alert_threshold_pct = serializers.IntegerField(min_value=1, max_value=100, required=False, allow_null=True)
 
@@ -98,7 +98,7 @@ class BudgetUpdateSerializer(serializers.Serializer[Any]):
 
     FIXED = ("scope", "scope_id", "period")
 
-    limit_usd = serializers.DecimalField(**MONEY, min_value=Decimal("0"), required=False)
+    limit_usd = serializers.DecimalField(max_digits=18, decimal_places=10, min_value=Decimal("0"), required=False)
     action = serializers.ChoiceField(choices=Budget.Action.choices, required=False)
     alert_threshold_pct = serializers.IntegerField(min_value=1, max_value=100, required=False, allow_null=True)
 
@@ -128,7 +128,7 @@ class BudgetViewSet(
     def get_serializer_context(self) -> dict[str, Any]:
         return {**super().get_serializer_context(), "windows": getattr(self, "_windows", None)}
 
-    def paginate_queryset(self, queryset: Any) -> list[Budget] | None:
+    def paginate_queryset(self, queryset: Any) -> list[Any] | None:
         page = super().paginate_queryset(queryset)
         if page is not None:  # one query for the page's windows instead of one per budget
             self._windows = budget_current_windows(budgets=page)
@@ -189,7 +189,7 @@ def _summary_row(totals: UsageTotals) -> dict[str, Any]:
     }
 
 
-_TOTALS_FIELDS = {
+_TOTALS_FIELDS: dict[str, serializers.Field[Any, Any, Any, Any]] = {
     "calls": serializers.IntegerField(),
     "input_tokens": serializers.IntegerField(),
     "output_tokens": serializers.IntegerField(),

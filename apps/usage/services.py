@@ -20,6 +20,7 @@ How a reservation stays exact (see docs/usage.md):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -82,7 +83,7 @@ def _bucket_of(record: UsageRecord) -> dict[str, Any]:
 def _rollup_add(record: UsageRecord) -> None:
     """Add one ledger row to its hourly bucket: an UPDATE in the common case, else a race-safe INSERT."""
     bucket = _bucket_of(record)
-    increments = {
+    increments: dict[str, Any] = {
         "calls": 1,
         "input_tokens": record.input_tokens,
         "cached_input_tokens": record.cached_input_tokens,
@@ -553,7 +554,11 @@ def _events_record(events: Sequence[BudgetEvent]) -> None:
                 event.save()
         except IntegrityError:
             continue  # a concurrent call recorded the same crossing first
-        transaction.on_commit(lambda event_id=event.pk: budget_event_notify(event_id=event_id))
+        transaction.on_commit(functools.partial(_notify, event.pk))
+
+
+def _notify(event_id: int) -> None:
+    budget_event_notify(event_id=event_id)  # looked up at call time, so the hook can be replaced
 
 
 def budget_event_notify(*, event_id: int) -> None:
