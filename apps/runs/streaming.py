@@ -17,6 +17,7 @@ from uuid import UUID
 from django.conf import settings
 from django.http import StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
+from rest_framework.utils.encoders import JSONEncoder
 
 from apps.runs.events import RUN_FINISHED, event_listener
 from apps.runs.models import RunEvent
@@ -34,7 +35,7 @@ class EventStreamRenderer(BaseRenderer):
     charset = None
 
     def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
-        return b"" if data is None else json.dumps(data).encode()
+        return b"" if data is None else json.dumps(data, cls=JSONEncoder).encode()
 
 
 def sse_event(event: RunEvent) -> bytes:

@@ -112,7 +112,8 @@ def json_schema_issues(schema: Any, field: str) -> list[Issue]:
     if not isinstance(schema, dict):
         return [Issue(field, "must be a JSON Schema object")]
     cls = validator_for(schema, default=Draft202012Validator)
-    issues = _schema_issues(cls(cls.META_SCHEMA).iter_errors(schema), field)
+    # The format checker makes the metaschema check `pattern`s too (they are declared format "regex").
+    issues = _schema_issues(cls(cls.META_SCHEMA, format_checker=cls.FORMAT_CHECKER).iter_errors(schema), field)
     for path, ref in _refs(schema, field):
         if not ref.startswith("#"):
             issues.append(Issue(path, "only local references ($ref starting with #) are allowed"))
@@ -222,4 +223,7 @@ def input_errors(schema: dict[str, Any] | None, value: Any) -> list[dict[str, st
         return []
     cls = validator_for(schema, default=Draft202012Validator)
     validator = cls(schema, format_checker=FormatChecker())
-    return [issue.as_dict() for issue in _schema_issues(validator.iter_errors(value), "input")]
+    try:
+        return [issue.as_dict() for issue in _schema_issues(validator.iter_errors(value), "input")]
+    except Exception as exc:  # noqa: BLE001 - a schema that cannot be applied is reported, never a 500
+        return [{"field": "input", "message": f"the workflow's input_schema cannot be applied: {exc}"}]

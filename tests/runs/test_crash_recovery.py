@@ -104,3 +104,25 @@ def test_a_run_whose_worker_is_killed_during_step_2_is_finished_by_a_new_worker(
     assert sum(r.output_tokens for r in ledger) == stats["completion_tokens"]
     assert run.cost_usd == sum(r.cost_usd for r in ledger)
     assert settings.KEEL_RUN_MAX_EXECUTIONS >= 2
+
+
+def test_a_step_slower_than_the_stale_threshold_keeps_its_run_alive_by_heartbeating(workspace, simulator, rq_workers):
+    # One call takes longer than STALE_S; the reaper runs every second meanwhile and must leave the run alone.
+    provider = sim_provider(simulator, workspace, config=slow(STALE_S + 2))
+    sim_model(provider, alias="one")
+    definition = three_slow_steps()
+    definition["steps"] = definition["steps"][:1]
+    definition["output"] = "{{ steps.one.output }}"
+    workflow_create(workspace=workspace, definition=definition)
+    workers = [rq_workers.start("runs", env=WORKER_ENV), rq_workers.start("runs", env=WORKER_ENV)]  # one is free
+    run_id = (
+        key_client(workspace)
+        .post("/api/v1/workflows/three-steps/runs/", {"input": {"topic": "tides"}, "mode": "async"}, format="json")
+        .json()["id"]
+    )
+    run = wait_for_status(run_id, {"succeeded", "failed", "cancelled"}, timeout=60)
+    logs = "".join(worker.log_text() for worker in workers)
+    assert run.status == "succeeded" and run.executions == 1
+    assert simulator.calls("sim-one") == 1
+    assert logs.count("Job OK (periodic-reap-runs") >= STALE_S, "the reaper ran while the step was slow"
+    assert "run_reaped" not in logs

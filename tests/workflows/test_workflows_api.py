@@ -152,3 +152,14 @@ def test_workflows_of_another_workspace_answer_404(workspace, other_workspace, m
     theirs = Workflow.objects.get(workspace=other_workspace)
     assert theirs.archived is False and theirs.latest_version == 1
     assert key_client(workspace).get("/api/v1/workflows/").json()["results"] == []
+
+
+def test_schemas_that_could_not_be_applied_are_refused_when_saved(workspace, models):
+    definition = triage_definition()
+    definition["input_schema"]["properties"]["ticket"]["pattern"] = "(unclosed"
+    definition["steps"][0]["response_schema"]["properties"]["category"] = {"$ref": "https://example.com/s.json"}
+    body = problem(key_client(workspace).post("/api/v1/workflows/", definition, format="json"), 400, "validation_error")
+    fields = {e["field"] for e in body["errors"]}
+    assert "input_schema.properties.ticket.pattern" in fields
+    assert "steps.0.response_schema.properties.category.$ref" in fields
+    assert not Workflow.objects.exists()

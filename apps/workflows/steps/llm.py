@@ -210,7 +210,12 @@ def _validated(result: GatewayResult, schema: dict[str, Any]) -> tuple[Any, list
             value = json.loads(result.content)
         except ValueError as exc:
             return None, [f"the answer is not JSON ({exc})"]
-    errors = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.absolute_path))
+    try:
+        errors = sorted(
+            Draft202012Validator(schema).iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path]
+        )
+    except Exception as exc:  # noqa: BLE001 - checked when saved; never let a schema crash the run
+        return value, [f"response_schema cannot be applied: {exc}"]
     messages = [f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}" for e in errors]
     return value, messages[:MAX_REPAIR_ERRORS]
 
