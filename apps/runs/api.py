@@ -33,6 +33,11 @@ from apps.runs.services import (
 from apps.runs.streaming import EventStreamRenderer, run_event_stream, sse_response
 from apps.workflows.models import Workflow
 
+
+def _problem(what: str) -> OpenApiResponse:
+    return OpenApiResponse(description=f"application/problem+json: {what}")
+
+
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 MAX_METADATA_BYTES = 16_384
 
@@ -97,6 +102,11 @@ class WorkflowRunsView(APIView):
                 RunSerializer, description="sync: the finished run (also when it failed); stream: text/event-stream"
             ),
             202: OpenApiResponse(RunSerializer, description="async, or sync past wait_s; Location: the run"),
+            400: _problem("validation_error, every input error listed as input.<path>"),
+            402: _problem("budget_exceeded, a blocking budget has no room"),
+            404: _problem("not_found, no such workflow in the workspace"),
+            409: _problem("conflict, the workflow is archived or the Idempotency-Key's first request is in flight"),
+            422: _problem("idempotency_mismatch, the key was used with a different request"),
         },
     )
     def post(self, request: Request, slug: str) -> HttpResponseBase:
@@ -196,7 +206,9 @@ class RunViewSet(WorkspaceScopedMixin, mixins.ListModelMixin, mixins.RetrieveMod
             )
         return sse_response(run_event_stream(run.pk, after_seq=int(raw)))
 
-    @extend_schema(request=None, responses={200: RunSerializer, 202: RunSerializer})
+    @extend_schema(
+        request=None, responses={200: RunSerializer, 202: RunSerializer, 409: _problem("conflict, already finished")}
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str) -> Response:
         """Cancel: 200 with the cancelled run, 202 while a running run is stopping, 409 once finished."""
@@ -204,7 +216,9 @@ class RunViewSet(WorkspaceScopedMixin, mixins.ListModelMixin, mixins.RetrieveMod
         code = status.HTTP_200_OK if run.is_finished else status.HTTP_202_ACCEPTED
         return Response(RunSerializer(_run_for_body(run)).data, status=code)
 
-    @extend_schema(request=None, responses={202: RunSerializer})
+    @extend_schema(
+        request=None, responses={202: RunSerializer, 409: _problem("conflict, the run is not failed or cancelled")}
+    )
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
         """A new run (async) of the same version and input, reusing the succeeded steps' outputs."""

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -49,6 +49,12 @@ DEFINITION_BODY = {
 }
 
 
+INVALID_DEFINITION = OpenApiResponse(
+    description="application/problem+json (validation_error): every error of the definition in `errors`, "
+    "as {field: 'steps.1.model', message}; nothing is saved"
+)
+
+
 class WorkflowViewSet(WorkspaceScopedMixin, viewsets.GenericViewSet):
     """Workflows of the caller's workspace, addressed by slug. PUT publishes a new version; DELETE archives."""
 
@@ -76,7 +82,7 @@ class WorkflowViewSet(WorkspaceScopedMixin, viewsets.GenericViewSet):
     def retrieve(self, request: Request, slug: str) -> Response:
         return Response(WorkflowSerializer(self.get_object()).data)
 
-    @extend_schema(request=DEFINITION_BODY, responses={201: WorkflowSerializer})
+    @extend_schema(request=DEFINITION_BODY, responses={201: WorkflowSerializer, 400: INVALID_DEFINITION})
     def create(self, request: Request) -> Response:
         workflow = workflow_create(workspace=self.actor.workspace, definition=request.data, actor=self.actor)
         return Response(
@@ -85,7 +91,7 @@ class WorkflowViewSet(WorkspaceScopedMixin, viewsets.GenericViewSet):
             headers={"Location": f"/api/v1/workflows/{workflow.slug}/"},
         )
 
-    @extend_schema(request=DEFINITION_BODY, responses={200: WorkflowSerializer})
+    @extend_schema(request=DEFINITION_BODY, responses={200: WorkflowSerializer, 400: INVALID_DEFINITION})
     def update(self, request: Request, slug: str) -> Response:
         workflow = workflow_update(workflow=self.get_object(), definition=request.data, actor=self.actor)
         return Response(self._body(workflow))
