@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import yaml
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import permissions, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import BaseParser, JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -16,6 +20,29 @@ from apps.workflows.definition import definition_schema
 from apps.workflows.models import Workflow, WorkflowVersion
 from apps.workflows.selectors import workflow_with_definition
 from apps.workflows.services import workflow_archive, workflow_create, workflow_update
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: a few bytes of anchors and aliases can expand to gigabytes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases (*name) are not accepted")
+        return super().compose_node(parent, index)
+
+
+class YAMLParser(BaseParser):
+    """Definitions may be uploaded as YAML (`Content-Type: application/yaml`)."""
+
+    media_type = "application/yaml"
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            data = yaml.load(stream.read().decode("utf-8"), Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ParseError(f"The YAML body cannot be read: {exc}") from None
+        # YAML has dates and other types JSON does not: keep only JSON values (dates become text).
+        return json.loads(json.dumps(data, default=str))
 
 
 class WorkflowSerializer(serializers.ModelSerializer[Workflow]):
@@ -41,12 +68,11 @@ class VersionPagination(CursorPagination):
     ordering = "-number"
 
 
-DEFINITION_BODY = {
-    "application/json": {
-        "type": "object",
-        "description": "A workflow definition (DESIGN.md §4); its JSON Schema is GET /api/v1/workflows/schema/.",
-    }
+_DEFINITION = {
+    "type": "object",
+    "description": "A workflow definition (docs/workflows.md); its JSON Schema is GET /api/v1/workflows/schema/.",
 }
+DEFINITION_BODY = {"application/json": _DEFINITION, "application/yaml": _DEFINITION}
 
 
 INVALID_DEFINITION = OpenApiResponse(
@@ -62,6 +88,7 @@ class WorkflowViewSet(WorkspaceScopedMixin, viewsets.GenericViewSet):
     serializer_class = WorkflowSerializer
     lookup_field = "slug"
     lookup_value_regex = r"[a-z0-9]+(?:-[a-z0-9]+)*"
+    parser_classes = [JSONParser, YAMLParser]
 
     def refine_queryset(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.action == "list" and self.request.query_params.get("archived", "").lower() not in ("1", "true"):

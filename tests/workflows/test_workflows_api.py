@@ -163,3 +163,18 @@ def test_schemas_that_could_not_be_applied_are_refused_when_saved(workspace, mod
     assert "input_schema.properties.ticket.pattern" in fields
     assert "steps.0.response_schema.properties.category.$ref" in fields
     assert not Workflow.objects.exists()
+
+
+def test_a_definition_may_be_uploaded_as_yaml(workspace, models):
+    import yaml
+
+    client = key_client(workspace)
+    response = client.post("/api/v1/workflows/", yaml.safe_dump(triage_definition()), content_type="application/yaml")
+    assert response.status_code == 201, response.content
+    assert response.json()["definition"] == triage_definition()
+    bomb = "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n"
+    body = problem(client.post("/api/v1/workflows/", bomb, content_type="application/yaml"), 400, "validation_error")
+    assert "aliases" in body["detail"]
+    problem(
+        client.post("/api/v1/workflows/", "slug: [unclosed", content_type="application/yaml"), 400, "validation_error"
+    )
