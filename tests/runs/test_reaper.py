@@ -131,3 +131,12 @@ def test_workers_enqueue_the_reaper_once_per_interval(settings):
     queue.remove(first[0])
     redis.delete("keel:periodic:reap-runs")
     assert len(tick(["runs"])) == 1
+
+
+def test_the_reap_runs_command_reaps_once_and_says_what_it_did(crashed, capsys):
+    from django.core.management import call_command
+
+    call_command("reap_runs")
+    out = capsys.readouterr().out
+    assert "resumed 1, failed 0" in out and f"resumed: {crashed.pk}" in out and "abandoned calls booked 1" in out
+    assert Run.objects.get(pk=crashed.pk).status == "queued"
