@@ -77,7 +77,7 @@ def test_a_run_whose_worker_is_killed_during_step_2_is_finished_by_a_new_worker(
     run = wait_for_status(run_id, {"succeeded", "failed", "cancelled"}, timeout=60)
 
     # Within the documented bound: stale after STALE_S since the last beat, found by the next reap.
-    bound = STALE_S + INTERVAL_S + HEARTBEAT_S + boot_s + 2.0
+    bound = STALE_S + INTERVAL_S + HEARTBEAT_S + boot_s + 3.0  # + picking up two jobs on a loaded machine
     assert resumed_after <= bound, (resumed_after, bound)
     assert resumed is not None
     assert run.status == "succeeded", (run.error, first.log_text()[-2000:])
