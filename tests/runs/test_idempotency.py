@@ -111,3 +111,25 @@ def test_a_malformed_idempotency_key_gets_400(workspace, shout, key):
     )
     assert problem(response, 400, "validation_error")["errors"][0]["field"] == "Idempotency-Key"
     assert Run.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_repeat_while_a_slow_sync_run_executes_gets_409_then_the_finished_run(workspace):
+    from tests.runs.helpers import wait_for_status
+    from tests.support.simulator import sim_model, sim_provider, slow
+
+    sim_model(sim_provider(None, workspace, config=slow(1.5)), alias="fast")
+    step = {"id": "answer", "type": "llm", "model": "fast", "prompt": "{{ input.q }}", "max_tokens": 10}
+    workflow_create(workspace=workspace, definition={"slug": "slow", "name": "Slow", "steps": [step]})
+    client = key_client(workspace)
+    body = {"input": {"q": "?"}, "mode": "sync", "wait_s": 0}
+
+    first = client.post("/api/v1/workflows/slow/runs/", body, format="json", HTTP_IDEMPOTENCY_KEY="slow-1")
+    assert first.status_code == 202  # still running after wait_s
+    problem(
+        client.post("/api/v1/workflows/slow/runs/", body, format="json", HTTP_IDEMPOTENCY_KEY="slow-1"), 409, "conflict"
+    )
+    wait_for_status(first.json()["id"], set(Run.TERMINAL), timeout=30)
+    after = client.post("/api/v1/workflows/slow/runs/", body, format="json", HTTP_IDEMPOTENCY_KEY="slow-1")
+    assert after.status_code == 200 and after.json()["id"] == first.json()["id"]
+    assert after.json()["status"] == "succeeded" and Run.objects.count() == 1
