@@ -12,6 +12,9 @@ mkdir -p "${KEEL_VAR_DIR:-var}"
 
 "$PY" manage.py migrate --noinput
 "$PY" manage.py seed_demo
+# Runs a previous server left `running` (it stopped mid-run) are resumed or failed now; with a real
+# Redis the workers' periodic reaper does this too.
+"$PY" manage.py reap_runs
 
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait || true; }
