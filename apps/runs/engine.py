@@ -3,8 +3,9 @@
 Durability, in one place:
 - `run_claim` is a conditional update (`WHERE status = 'queued'`) that hands the run a fresh lease
   token; a second delivery of the same job, or a stale executor, finds nothing to claim.
-- While the run executes, a heartbeat thread stamps `heartbeat_at` every KEEL_RUN_HEARTBEAT_S; the
-  reaper (services.runs_reap) takes over runs whose heartbeat is older than KEEL_RUN_STALE_S.
+- While the run executes, the process's heartbeat thread (apps/runs/heartbeat.py) stamps its
+  `heartbeat_at` every KEEL_RUN_HEARTBEAT_S; the reaper (services.runs_reap) takes over runs whose
+  heartbeat is older than KEEL_RUN_STALE_S.
 - Every write after the claim (step checkpoints, totals, the final status) happens in a
   transaction that first locks the run row *with this executor's lease token*; if the reaper has
   taken the run over, the write raises LeaseLost and this executor stops without touching it.
@@ -17,8 +18,6 @@ Durability, in one place:
 
 from __future__ import annotations
 
-import contextvars
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,13 +29,14 @@ from uuid import UUID, uuid4
 
 import structlog
 from django.conf import settings
-from django.db import DatabaseError, connection, models, transaction
+from django.db import models, transaction
 from django.db.models import Count, F, Q, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from apps.providers.gateway import CallAborted
 from apps.runs import events
+from apps.runs.heartbeat import heartbeats
 from apps.runs.models import Run, StepRun
 from apps.runs.serializers import StepRunSerializer, run_body
 from apps.workflows.steps import step_type
@@ -94,42 +94,6 @@ def run_claim(*, run_id: UUID) -> Claim | None:
     return Claim(run=run, token=token)
 
 
-class Heartbeat:
-    """Stamps the run's heartbeat from a thread, so a long model call keeps the run alive."""
-
-    def __init__(self, *, run_id: UUID, token: UUID, every_s: float) -> None:
-        self.run_id, self.token, self.every_s = run_id, token, every_s
-        self.lost = False
-        self._stop = threading.Event()
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(target=context.run, args=(self._loop,), name=f"heartbeat-{run_id}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.every_s + 10)
-
-    def _loop(self) -> None:
-        try:
-            while not self._stop.wait(self.every_s):
-                try:
-                    beat = Run.objects.filter(pk=self.run_id, lease_token=self.token, status=Run.Status.RUNNING).update(
-                        heartbeat_at=timezone.now()
-                    )
-                except DatabaseError:
-                    # Missed beats are what the reaper watches for; keep trying, do not crash the run.
-                    logger.warning("run_heartbeat_failed", exc_info=True)
-                    connection.close()
-                    continue
-                if beat == 0:
-                    self.lost = True
-                    return
-        finally:
-            connection.close()
-
-
 class _StepContext:
     """What a step type sees while it executes (apps.workflows.steps.base.StepContext)."""
 
@@ -166,13 +130,14 @@ class _StepContext:
 class Executor:
     """Executes one claimed run. Not shared between threads; the heartbeat thread only stamps."""
 
+    lease: Any = None
+
     def __init__(self, claim: Claim) -> None:
         self.run = claim.run
         self.token = claim.token
         self.definition: dict[str, Any] = self.run.workflow_version.definition
         limit = (self.definition.get("limits") or {}).get("max_cost_usd")
         self.max_cost = Decimal(str(limit)) if limit is not None else None
-        self.heartbeat = Heartbeat(run_id=self.run.pk, token=self.token, every_s=settings.KEEL_RUN_HEARTBEAT_S)
         self.abort_reason: str | None = None
         self._last_abort_check = 0.0
         self._current: StepRun | None = None
@@ -183,7 +148,7 @@ class Executor:
     # --- the run --------------------------------------------------------------------------------
 
     def execute(self) -> None:
-        self.heartbeat.start()
+        self.lease = heartbeats.hold(run_id=self.run.pk, token=self.token)
         try:
             self._execute()
         except LeaseLost:
@@ -209,7 +174,7 @@ class Executor:
             except LeaseLost:
                 pass
         finally:
-            self.heartbeat.stop()
+            heartbeats.release(self.lease)
 
     def _execute(self) -> None:
         run = self.run
@@ -314,7 +279,7 @@ class Executor:
     def should_abort(self) -> bool:
         if self.abort_reason is not None:
             return True
-        if self.heartbeat.lost:
+        if self.lease.lost:
             self.abort_reason = "lease_lost"
             return True
         now = time.monotonic()

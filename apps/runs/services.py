@@ -6,11 +6,9 @@ a thread of the web process for sync and stream runs) and recovers runs whose ex
 
 from __future__ import annotations
 
-import contextvars
 import json
 import re
 import secrets
-import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -19,7 +17,7 @@ from uuid import UUID
 
 import structlog
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.accounts.tenancy import Actor
@@ -29,6 +27,7 @@ from apps.providers.models import Model
 from apps.runs import events
 from apps.runs.engine import Executor, error_body, run_claim, run_timeout_s
 from apps.runs.models import IdempotencyKey, Run, StepRun
+from apps.runs.pool import Task, pool
 from apps.runs.serializers import run_body
 from apps.usage.services import budget_check, budget_release, usage_record
 from apps.workflows.definition import input_errors
@@ -252,33 +251,12 @@ def run_execute(*, run_id: UUID | str) -> None:
         Executor(claim).execute()
 
 
-class RunThread:
-    """A run executing in a thread of this (web) process, for sync and stream runs."""
+def run_execute_in_thread(*, run_id: UUID) -> Task:
+    """Execute on one of this process's run threads (apps/runs/pool.py); `wait()` on the result.
 
-    def __init__(self, run_id: UUID) -> None:
-        self.run_id = run_id
-        self.done = threading.Event()
-        context = contextvars.copy_context()  # keeps request_id and friends on the thread's log lines
-        self.thread = threading.Thread(target=context.run, args=(self._target,), name=f"run-{run_id}", daemon=True)
-
-    def _target(self) -> None:
-        try:
-            run_execute(run_id=self.run_id)
-        except Exception:  # noqa: BLE001 - the engine fails the run itself; this is the last resort log
-            logger.exception("run_thread_error", run_id=str(self.run_id))
-        finally:
-            connection.close()
-            self.done.set()
-
-    def wait(self, timeout: float | None) -> bool:
-        return self.done.wait(timeout)
-
-
-def run_execute_in_thread(*, run_id: UUID) -> RunThread:
-    """Execute in a daemon thread of this process. If the process dies, the reaper resumes the run."""
-    handle = RunThread(run_id)
-    handle.thread.start()
-    return handle
+    If the process dies meanwhile, the reaper resumes the run on a worker.
+    """
+    return pool.submit(lambda: run_execute(run_id=run_id))
 
 
 # --- cancel and retry --------------------------------------------------------------------------
