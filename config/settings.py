@@ -310,6 +310,9 @@ KEEL_BREAKER_FAILURE_THRESHOLD = env_int("KEEL_BREAKER_FAILURE_THRESHOLD", 5, mi
 KEEL_BREAKER_COOLDOWN_S = env_float("KEEL_BREAKER_COOLDOWN_S", 30.0, minimum=0.1)
 # How long a half-open probe holds its slot if its process dies before reporting back.
 KEEL_BREAKER_PROBE_TTL_S = env_float("KEEL_BREAKER_PROBE_TTL_S", 60.0, minimum=1.0)
+# The SDK's HTTP client logs every request at INFO; the gateway's `provider_call` line already says
+# more about each attempt, and a second line per call costs CPU on the hot path (warnings still show).
+LOGGING["loggers"]["httpx2"] = {"handlers": ["console"], "level": "WARNING", "propagate": False}
 
 # --- workflows and runs (apps/workflows, apps/runs) -------------------------------------------------
 # Every RQ worker is a KeelWorker: it rebinds each job's log context and enqueues the periodic jobs
