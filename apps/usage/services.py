@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import uuid
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -52,6 +53,76 @@ logger = structlog.get_logger(__name__)
 ZERO = Decimal("0")
 
 
+# --- SQL of the per-call path ----------------------------------------------------------------------
+# Every provider call attempt books a ledger row, adds it to the rollup and settles a budget hold.
+# Through the ORM that was ~15 statements and ~9 ms of CPU per attempt, most of it spent compiling
+# querysets; the statements below are written once, in SQL that PostgreSQL and SQLite (the
+# embedded mode) both accept, and their values go through Django's own field adaptation.
+
+
+def _param(value: Any) -> Any:
+    """A query parameter as the database driver takes it (UUIDs are text on SQLite)."""
+    if isinstance(value, uuid.UUID):
+        return value if connection.features.has_native_uuid_field else value.hex
+    if isinstance(value, dt.datetime):
+        return connection.ops.adapt_datetimefield_value(value)
+    return value
+
+
+def _execute(sql: str, params: Sequence[Any]) -> int:
+    """Run one statement; the number of rows it changed."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [_param(p) for p in params])
+        return int(cursor.rowcount)
+
+
+def _fetch(sql: str, params: Sequence[Any], fields: Sequence[models.Field[Any, Any]]) -> list[list[Any]]:
+    """Rows of a query whose columns are `fields`, converted the way the ORM converts them."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [_param(p) for p in params])
+        rows = cursor.fetchall()
+    converters = [
+        [(c, col) for c in (*connection.ops.get_db_converters(col), *col.get_db_converters(connection))]
+        for col in (f.get_col(f.model._meta.db_table) for f in fields)
+    ]
+    if not any(converters):  # PostgreSQL: the driver already returns UUIDs, Decimals and aware datetimes
+        return [list(row) for row in rows]
+    out = []
+    for row in rows:
+        values = list(row)
+        for i, pairs in enumerate(converters):
+            for convert, col in pairs:
+                values[i] = convert(values[i], col, connection)
+        out.append(values)
+    return out
+
+
+def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.Field)
+    return field
+
+
+_LEDGER = UsageRecord._meta.db_table
+_LEDGER_FIELDS = list(UsageRecord._meta.concrete_fields)
+# ON CONFLICT on the unique call_id: a repeated booking of the same attempt inserts nothing (and
+# waits for, then yields to, a concurrent insert of the same call_id).
+_LEDGER_INSERT = (
+    f"INSERT INTO {_LEDGER} ({', '.join(f.column for f in _LEDGER_FIELDS)}) "
+    f"VALUES ({', '.join(['%s'] * len(_LEDGER_FIELDS))}) ON CONFLICT (call_id) DO NOTHING"
+)
+_ROLLUP = UsageHourly._meta.db_table
+_ROLLUP_BUCKET = ("workspace_id", "hour", "workflow_id", "model_id", "api_key_id", "status", "cache_hit")
+_ROLLUP_SUMS = ("calls", "input_tokens", "cached_input_tokens", "output_tokens", "cost_usd", "saved_usd")
+# One race-free statement: a new bucket is inserted, an existing one is added to under its row lock.
+_ROLLUP_UPSERT = (
+    f"INSERT INTO {_ROLLUP} ({', '.join(_ROLLUP_BUCKET + _ROLLUP_SUMS)}) "
+    f"VALUES ({', '.join(['%s'] * (len(_ROLLUP_BUCKET) + len(_ROLLUP_SUMS)))}) "
+    f"ON CONFLICT ({', '.join(_ROLLUP_BUCKET)}) DO UPDATE SET "
+    + ", ".join(f"{name} = {_ROLLUP}.{name} + excluded.{name}" for name in _ROLLUP_SUMS)
+)
+
+
 # --- The ledger ------------------------------------------------------------------------------------
 
 
@@ -61,10 +132,14 @@ def usage_record(*, call_id: str, **fields: Any) -> UsageRecord:
     The hourly rollup is updated in the same transaction, only when the row is new, so reports
     read from it always equal the ledger's sum.
     """
+    record = UsageRecord(call_id=call_id, **fields)
     with transaction.atomic():
-        record, created = UsageRecord.objects.get_or_create(call_id=call_id, defaults=fields)
-        if created:
+        params = [f.get_db_prep_save(f.pre_save(record, True), connection) for f in _LEDGER_FIELDS]
+        if _execute(_LEDGER_INSERT, params):
+            record._state.adding, record._state.db = False, connection.alias
             _rollup_add(record)
+        else:
+            record = UsageRecord.objects.get(call_id=call_id)
     return record
 
 
@@ -81,25 +156,20 @@ def _bucket_of(record: UsageRecord) -> dict[str, Any]:
 
 
 def _rollup_add(record: UsageRecord) -> None:
-    """Add one ledger row to its hourly bucket: an UPDATE in the common case, else a race-safe INSERT."""
+    """Add one ledger row to its hourly bucket (one upsert)."""
     bucket = _bucket_of(record)
-    increments: dict[str, Any] = {
-        "calls": 1,
-        "input_tokens": record.input_tokens,
-        "cached_input_tokens": record.cached_input_tokens,
-        "output_tokens": record.output_tokens,
-        "cost_usd": Decimal(record.cost_usd),
-        "saved_usd": Decimal(record.saved_usd),
-    }
-    update = {name: F(name) + value for name, value in increments.items()}
-    if UsageHourly.objects.filter(**bucket).update(**update):
-        return
-    try:
-        with transaction.atomic():
-            UsageHourly.objects.create(**bucket, **increments)
-    except IntegrityError:
-        # Another call created the bucket between our UPDATE and INSERT: now the UPDATE finds it.
-        UsageHourly.objects.filter(**bucket).update(**update)
+    _execute(
+        _ROLLUP_UPSERT,
+        [
+            *(bucket[name] for name in _ROLLUP_BUCKET),
+            1,
+            record.input_tokens,
+            record.cached_input_tokens,
+            record.output_tokens,
+            Decimal(record.cost_usd),
+            Decimal(record.saved_usd),
+        ],
+    )
 
 
 @transaction.atomic
