@@ -326,11 +326,7 @@ def gateway_complete(
                 output_tokens=outcome.output_tokens,
             )
             total_cost += cost
-            _book(ctx, candidate, call_id, ids.n, outcome, cost, latency_ms)
-            if outcome.ok or cost > 0:
-                usage_services.budget_settle(call_id=call_id, actual=cost)
-            else:
-                usage_services.budget_release(call_id=call_id)
+            _book(ctx, candidate, call_id, ids.n, outcome, cost, latency_ms)  # and settles its budget hold
             if outcome.callback_error is not None or outcome.aborted:
                 breaker.breaker_probe_release(candidate.pk)  # the model's health was not the question
                 if outcome.callback_error is not None:
@@ -676,8 +672,11 @@ def _book(
 ) -> None:
     prices = Prices.of(model)
     http_status = outcome.http_status if outcome.http_status is not None else (200 if outcome.ok else None)
+    # One transaction: the ledger row, its rollup, and the attempt's budget hold settled at the
+    # booked cost (released when the attempt failed without a cost).
     usage_services.usage_record(
         call_id=call_id,
+        settle_budget=True,
         workspace_id=ctx.workspace_id,
         model=model,
         model_alias=model.alias,

@@ -126,20 +126,32 @@ _ROLLUP_UPSERT = (
 # --- The ledger ------------------------------------------------------------------------------------
 
 
-def usage_record(*, call_id: str, **fields: Any) -> UsageRecord:
+def usage_record(*, call_id: str, settle_budget: bool = False, **fields: Any) -> UsageRecord:
     """Book one provider call attempt. Idempotent on `call_id`: a repeat returns the first row unchanged.
 
     The hourly rollup is updated in the same transaction, only when the row is new, so reports
-    read from it always equal the ledger's sum.
+    read from it always equal the ledger's sum. With `settle_budget`, the call's budget hold
+    (budget_reserve) is finished in that transaction too, at the booked cost: settled when the
+    attempt succeeded or cost something, else released, exactly as budget_settle / budget_release
+    called right after would; a crash between booking and settling can then no longer happen.
     """
     record = UsageRecord(call_id=call_id, **fields)
     with transaction.atomic():
         params = [f.get_db_prep_save(f.pre_save(record, True), connection) for f in _LEDGER_FIELDS]
-        if _execute(_LEDGER_INSERT, params):
+        created = bool(_execute(_LEDGER_INSERT, params))
+        if created:
             record._state.adding, record._state.db = False, connection.alias
-            _rollup_add(record)
         else:
             record = UsageRecord.objects.get(call_id=call_id)
+        if settle_budget:
+            paid = record.status == UsageRecord.Status.SUCCEEDED or record.cost_usd > 0
+            _finish(
+                call_id=call_id, actual=record.cost_usd if paid else None, now=timezone.now(), booked=record.cost_usd
+            )
+        if created:
+            # Last: the bucket row is shared by every concurrent call, hold its lock the shortest time.
+            # (Windows, then buckets: the one order in which any transaction takes both.)
+            _rollup_add(record)
     return record
 
 
@@ -519,50 +531,83 @@ def budget_release(*, call_id: str, now: dt.datetime | None = None) -> None:
     _finish(call_id=call_id, actual=None, now=now or timezone.now())
 
 
-def _finish(*, call_id: str, actual: Decimal | None, now: dt.datetime) -> None:
+_RESERVATIONS = BudgetReservation._meta.db_table
+_WINDOWS = BudgetWindow._meta.db_table
+_BUDGETS = Budget._meta.db_table
+_HOLD_FIELDS = (
+    _field(BudgetReservation, "id"),
+    _field(BudgetReservation, "window"),
+    _field(BudgetReservation, "amount"),
+    _field(BudgetReservation, "state"),
+    _field(Budget, "alert_threshold_pct"),
+)
+_BOOKED_FIELDS = (_field(UsageRecord, "cost_usd"),)
+_UNKNOWN: Any = object()
+
+
+def _in(values: Sequence[Any]) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+def _holds_sql(states: Sequence[str]) -> str:
+    lock = ""
+    if connection.features.has_select_for_update:  # SQLite serialises writers instead
+        lock = " FOR UPDATE OF r" if connection.features.has_select_for_update_of else " FOR UPDATE"
+    return (
+        f"SELECT r.id, r.window_id, r.amount, r.state, b.alert_threshold_pct FROM {_RESERVATIONS} r "
+        f"JOIN {_WINDOWS} w ON w.id = r.window_id JOIN {_BUDGETS} b ON b.id = w.budget_id "
+        f"WHERE r.call_id = %s AND r.state IN ({_in(states)}) ORDER BY r.window_id{lock}"
+    )
+
+
+def _finish(*, call_id: str, actual: Decimal | None, now: dt.datetime, booked: Any = _UNKNOWN) -> None:
+    """Settle (`actual` given) or release the holds of `call_id`; `booked` is the call's ledger cost
+    when the caller knows it (None: not booked), else it is read here."""
     with transaction.atomic():
         states = [BudgetReservation.State.HELD]
         if actual is not None:
             states.append(BudgetReservation.State.RELEASED)
-        holds = list(
-            BudgetReservation.objects.select_for_update(of=("self",))
-            .select_related("window__budget")
-            .filter(call_id=call_id, state__in=states)
-            .order_by("window_id")
-        )
+        holds = _fetch(_holds_sql(states), [call_id, *states], _HOLD_FIELDS)
         if not holds:
             return
-        booked = UsageRecord.objects.filter(call_id=call_id).values_list("cost_usd", flat=True).first()
+        if booked is _UNKNOWN:
+            rows = _fetch(f"SELECT cost_usd FROM {_LEDGER} WHERE call_id = %s", [call_id], _BOOKED_FIELDS)
+            booked = rows[0][0] if rows else None
         if booked is not None:
             if actual is not None and actual != booked:
                 logger.warning(
                     "budget_settle_differs_from_ledger", call_id=call_id, actual=str(actual), ledger=str(booked)
                 )
             actual = Decimal(booked)
+        ids = [hold[0] for hold in holds]
+        # The holds (this call's own rows) first, the windows (shared by every call) last: their row
+        # locks are held until commit, so as briefly as possible.
+        if actual is None:
+            _execute(
+                f"UPDATE {_RESERVATIONS} SET state = %s, finished_at = %s WHERE id IN ({_in(ids)})",
+                [BudgetReservation.State.RELEASED, now, *ids],
+            )
+        else:
+            _execute(
+                f"UPDATE {_RESERVATIONS} SET state = %s, actual = %s, finished_at = %s WHERE id IN ({_in(ids)})",
+                [BudgetReservation.State.SETTLED, actual, now, *ids],
+            )
         events: list[BudgetEvent] = []
-        for hold in holds:
-            rows = BudgetWindow.objects.filter(pk=hold.window_id)
-            was_held = hold.state == BudgetReservation.State.HELD
+        for _, window_id, amount, state, alert_pct in holds:  # in window order, like every window lock
             if actual is None:
-                rows.update(reserved=F("reserved") - hold.amount)
-                hold.state = BudgetReservation.State.RELEASED
-            else:
-                rows.update(
-                    reserved=F("reserved") - (hold.amount if was_held else ZERO),
-                    spent=F("spent") + actual,
+                _execute(f"UPDATE {_WINDOWS} SET reserved = reserved - %s WHERE id = %s", [amount, window_id])
+                continue
+            was_held = state == BudgetReservation.State.HELD
+            _execute(
+                f"UPDATE {_WINDOWS} SET reserved = reserved - %s, spent = spent + %s WHERE id = %s",
+                [amount if was_held else ZERO, actual, window_id],
+            )
+            if actual > amount:
+                logger.warning(
+                    "budget_settled_above_reservation", call_id=call_id, reserved=str(amount), actual=str(actual)
                 )
-                hold.state, hold.actual = BudgetReservation.State.SETTLED, actual
-                if actual > hold.amount:
-                    logger.warning(
-                        "budget_settled_above_reservation",
-                        call_id=call_id,
-                        reserved=str(hold.amount),
-                        actual=str(actual),
-                    )
-                if hold.window.budget.alert_threshold_pct is not None:
-                    events.extend(_threshold_events(hold.window_id, call_id))
-            hold.finished_at = now
-        BudgetReservation.objects.bulk_update(holds, ["state", "actual", "finished_at"])
+            if alert_pct is not None:
+                events.extend(_threshold_events(window_id, call_id))
         _events_record(events)
 
 
