@@ -23,6 +23,7 @@ import datetime as dt
 import functools
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -30,7 +31,7 @@ from uuid import UUID
 import structlog
 from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
@@ -121,6 +122,21 @@ _ROLLUP_UPSERT = (
     f"ON CONFLICT ({', '.join(_ROLLUP_BUCKET)}) DO UPDATE SET "
     + ", ".join(f"{name} = {_ROLLUP}.{name} + excluded.{name}" for name in _ROLLUP_SUMS)
 )
+
+
+_BUDGETS = Budget._meta.db_table
+_WINDOWS = BudgetWindow._meta.db_table
+_RESERVATIONS = BudgetReservation._meta.db_table
+_TARGET_FIELDS = (
+    *(_field(Budget, name) for name in ("id", "scope", "scope_id", "period", "limit_usd", "action", "created_at")),
+    *(_field(BudgetWindow, name) for name in ("id", "limit_usd", "spent", "reserved")),
+)
+_WINDOW_TOTAL_FIELDS = tuple(_field(BudgetWindow, name) for name in ("limit_usd", "spent", "reserved"))
+_HOLD_FIELDS = (
+    *(_field(BudgetReservation, name) for name in ("id", "window", "amount", "state")),
+    _field(Budget, "alert_threshold_pct"),
+)
+_BOOKED_FIELDS = (_field(UsageRecord, "cost_usd"),)
 
 
 # --- The ledger ------------------------------------------------------------------------------------
@@ -368,20 +384,6 @@ def budget_window_reset(*, budget: Budget, now: dt.datetime | None = None) -> Bu
 # --- Budgets: windows ------------------------------------------------------------------------------
 
 
-def _applicable_budgets(
-    *, workspace_id: UUID, workflow_id: UUID | None, api_key_id: UUID | None, user_id: UUID | None
-) -> list[Budget]:
-    match = Q(scope=Budget.Scope.WORKSPACE)
-    for scope, target in (
-        (Budget.Scope.WORKFLOW, workflow_id),
-        (Budget.Scope.API_KEY, api_key_id),
-        (Budget.Scope.USER, user_id),
-    ):
-        if target is not None:
-            match |= Q(scope=scope, scope_id=target)
-    return list(Budget.objects.filter(workspace_id=workspace_id).filter(match))
-
-
 def budget_windows_current(*, budgets: Sequence[Budget], now: dt.datetime | None = None) -> dict[UUID, BudgetWindow]:
     """The current window of each budget, created on demand (race-safe: unique on budget + start)."""
     now = now or timezone.now()
@@ -398,14 +400,77 @@ def budget_windows_current(*, budgets: Sequence[Budget], now: dt.datetime | None
             .order_by("pk")
             .values_list("pk", "limit_usd")
         )
+        # A budget deleted since it was read gets no window (its row would fail the foreign key).
+        fresh = [w for w in fresh if w.budget_id in limits]
         for window in fresh:
-            window.limit_usd = limits.get(window.budget_id, window.limit_usd)
+            window.limit_usd = limits[window.budget_id]
         BudgetWindow.objects.bulk_create(fresh, ignore_conflicts=True)
     windows.update(budget_open_windows(budgets=[w.budget for w in fresh], now=now))
     return windows
 
 
 # --- Budgets: reserve, settle, release -------------------------------------------------------------
+
+
+@dataclass
+class _Target:
+    """A budget that applies to a call, and its open window (None: no call has opened the period yet)."""
+
+    budget: Budget
+    window: BudgetWindow | None
+
+
+def _budget_targets(
+    *, workspace_id: UUID, workflow_id: UUID | None, api_key_id: UUID | None, user_id: UUID | None, now: dt.datetime
+) -> list[_Target]:
+    """Every budget that applies to a call, with its current window, in one query (budget id order).
+
+    Read fresh on every call, never cached: a budget created, raised or deleted a moment ago applies
+    to the very next reservation in every process.
+    """
+    match = ["b.scope = %s"]
+    params: list[Any] = [now, workspace_id, Budget.Scope.WORKSPACE]
+    for scope, target in (
+        (Budget.Scope.WORKFLOW, workflow_id),
+        (Budget.Scope.API_KEY, api_key_id),
+        (Budget.Scope.USER, user_id),
+    ):
+        if target is not None:
+            match.append("(b.scope = %s AND b.scope_id = %s)")
+            params += [scope, target]
+    rows = _fetch(
+        "SELECT b.id, b.scope, b.scope_id, b.period, b.limit_usd, b.action, b.created_at, "
+        f"w.id, w.limit_usd, w.spent, w.reserved FROM {_BUDGETS} b "
+        f'LEFT JOIN {_WINDOWS} w ON w.budget_id = b.id AND (w."end" IS NULL OR w."end" > %s) '
+        f"WHERE b.workspace_id = %s AND ({' OR '.join(match)}) ORDER BY b.id, w.start",
+        params,
+        _TARGET_FIELDS,
+    )
+    targets: dict[UUID, _Target] = {}
+    for budget_id, scope, scope_id, period, limit, action, created_at, window_id, w_limit, spent, reserved in rows:
+        budget = Budget(
+            id=budget_id,
+            workspace_id=workspace_id,
+            scope=scope,
+            scope_id=scope_id,
+            period=period,
+            limit_usd=limit,
+            action=action,
+            created_at=created_at,
+        )
+        window = None
+        if window_id is not None:
+            window = BudgetWindow(id=window_id, budget=budget, limit_usd=w_limit, spent=spent, reserved=reserved)
+        targets[budget_id] = _Target(budget, window)  # ordered by start: the latest open window wins
+    return list(targets.values())
+
+
+def _window_totals(window_id: int) -> BudgetWindow | None:
+    rows = _fetch(f"SELECT limit_usd, spent, reserved FROM {_WINDOWS} WHERE id = %s", [window_id], _WINDOW_TOTAL_FIELDS)
+    if not rows:
+        return None
+    limit, spent, reserved = rows[0]
+    return BudgetWindow(id=window_id, limit_usd=limit, spent=spent, reserved=reserved)
 
 
 def budget_check(
@@ -425,22 +490,18 @@ def budget_check(
     Racing runs can all pass this check: the reservation before each call is what holds the limit.
     """
     now = now or timezone.now()
-    budgets = [
-        b
-        for b in _applicable_budgets(
-            workspace_id=workspace_id, workflow_id=workflow_id, api_key_id=api_key_id, user_id=user_id
-        )
-        if b.action == Budget.Action.BLOCK
-    ]
-    if not budgets:
-        return
-    windows = budget_current_windows(budgets=budgets, now=now)
-    for budget in sorted(budgets, key=lambda b: b.pk):
-        window = windows[budget.pk]
+    targets = _budget_targets(
+        workspace_id=workspace_id, workflow_id=workflow_id, api_key_id=api_key_id, user_id=user_id, now=now
+    )
+    for target in targets:  # budget id order
+        if target.budget.action != Budget.Action.BLOCK:
+            continue
+        # A period no call has opened yet is empty.
+        window = target.window or BudgetWindow(budget=target.budget, limit_usd=target.budget.limit_usd)
         committed = window.spent + window.reserved
         full = committed + amount > window.limit_usd if amount > 0 else committed >= window.limit_usd
         if full:
-            raise _refusal(budget, window, amount)
+            raise _refusal(target.budget, window, amount)
 
 
 def _refusal(budget: Budget, window: BudgetWindow, amount: Decimal) -> BudgetExceeded:
@@ -475,38 +536,64 @@ def budget_reserve(
     if amount < 0:
         raise ValueError(f"a reservation cannot be negative: {amount}")
     now = now or timezone.now()
-    budgets = _applicable_budgets(
-        workspace_id=workspace_id, workflow_id=workflow_id, api_key_id=api_key_id, user_id=user_id
+    targets = _budget_targets(
+        workspace_id=workspace_id, workflow_id=workflow_id, api_key_id=api_key_id, user_id=user_id, now=now
     )
-    if not budgets:
+    if not targets:
         return
-    by_id = {b.pk: b for b in budgets}
-    windows = budget_windows_current(budgets=budgets, now=now)
+    fresh = [t.budget for t in targets if t.window is None]
+    if fresh:
+        # The first call of a period (or of a new budget) opens its window, race-free.
+        opened = budget_windows_current(budgets=fresh, now=now)
+        for target in targets:
+            if target.window is None:
+                target.window = opened.get(target.budget.pk)
+    windows = sorted(
+        ((t.budget, t.window) for t in targets if t.window is not None and t.window.pk is not None),
+        key=lambda pair: pair[1].pk,
+    )
     with transaction.atomic():
-        if BudgetReservation.objects.filter(call_id=call_id).exists():
-            return
         events: list[BudgetEvent] = []
-        held: list[BudgetWindow] = []
-        for window in sorted(windows.values(), key=lambda w: w.pk):
-            budget = by_id[window.budget_id]
-            rows = BudgetWindow.objects.filter(pk=window.pk)
-            if budget.action == Budget.Action.BLOCK:
-                fits = rows.filter(limit_usd__gte=F("spent") + F("reserved") + amount)
-                if not fits.update(reserved=F("reserved") + amount):
-                    current = rows.first()
-                    if current is None:
-                        continue  # the budget was deleted meanwhile: nothing to hold
-                    raise _refusal(budget, current, amount)
+        held: list[int] = []
+        repeat_ruled_out = False
+        for budget, window in windows:
+            blocking = budget.action == Budget.Action.BLOCK
+            # The limit is checked in the UPDATE itself: PostgreSQL re-evaluates this WHERE on the
+            # latest row version after waiting for a concurrent writer, so racing calls cannot overspend.
+            sql = f"UPDATE {_WINDOWS} SET reserved = reserved + %s WHERE id = %s"
+            params: list[Any] = [amount, window.pk]
+            if blocking:
+                sql += " AND limit_usd >= spent + reserved + %s"
+                params.append(amount)
+            if not repeat_ruled_out:
+                # Idempotency on call_id rides on the first UPDATE instead of costing a statement.
+                sql += f" AND NOT EXISTS (SELECT 1 FROM {_RESERVATIONS} WHERE call_id = %s)"
+                params.append(call_id)
+            if _execute(sql, params):
+                repeat_ruled_out = True
             else:
-                if not rows.update(reserved=F("reserved") + amount):
-                    continue
-                window.refresh_from_db()
-                if window.spent + window.reserved > window.limit_usd:
-                    events.append(_event(window, BudgetEvent.Kind.LIMIT_EXCEEDED, call_id))
-            held.append(window)
-        BudgetReservation.objects.bulk_create(
-            [BudgetReservation(call_id=call_id, window_id=w.pk, amount=amount) for w in held]
-        )
+                if not repeat_ruled_out:
+                    if _fetch(f"SELECT 1 FROM {_RESERVATIONS} WHERE call_id = %s", [call_id], ()):
+                        return  # reserved before: nothing more (nothing was changed by this call yet)
+                    repeat_ruled_out = True
+                current = _window_totals(window.pk)
+                if current is None:
+                    continue  # the budget was deleted meanwhile: nothing to hold
+                if blocking:
+                    raise _refusal(budget, current, amount)
+                continue
+            if not blocking:
+                current = _window_totals(window.pk)
+                if current is not None and current.spent + current.reserved > current.limit_usd:
+                    events.append(_event(current, BudgetEvent.Kind.LIMIT_EXCEEDED, call_id))
+            held.append(window.pk)
+        if held:
+            created = timezone.now()
+            _execute(
+                f"INSERT INTO {_RESERVATIONS} (call_id, window_id, amount, state, created_at) VALUES "
+                + ", ".join(["(%s, %s, %s, %s, %s)"] * len(held)),
+                [v for window_id in held for v in (call_id, window_id, amount, BudgetReservation.State.HELD, created)],
+            )
         _events_record(events)
 
 
@@ -531,17 +618,6 @@ def budget_release(*, call_id: str, now: dt.datetime | None = None) -> None:
     _finish(call_id=call_id, actual=None, now=now or timezone.now())
 
 
-_RESERVATIONS = BudgetReservation._meta.db_table
-_WINDOWS = BudgetWindow._meta.db_table
-_BUDGETS = Budget._meta.db_table
-_HOLD_FIELDS = (
-    _field(BudgetReservation, "id"),
-    _field(BudgetReservation, "window"),
-    _field(BudgetReservation, "amount"),
-    _field(BudgetReservation, "state"),
-    _field(Budget, "alert_threshold_pct"),
-)
-_BOOKED_FIELDS = (_field(UsageRecord, "cost_usd"),)
 _UNKNOWN: Any = object()
 
 
