@@ -150,7 +150,7 @@ class WorkflowRunsView(APIView):
         if run.mode == Run.Mode.ASYNC:
             body = started.response[1] if started.response else run_body(_run_for_body(run))
             return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": _location(run)})
-        handle = run_execute_in_thread(run_id=run.pk)
+        handle = run_execute_in_thread(started=started)
         if run.mode == Run.Mode.STREAM:
             return sse_response(run_event_stream(run.pk))
         finished = handle.wait(data.validated_data.get("wait_s", settings.KEEL_RUN_DEFAULT_WAIT_S))

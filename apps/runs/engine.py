@@ -6,20 +6,28 @@ Durability, in one place:
 - While the run executes, the process's heartbeat thread (apps/runs/heartbeat.py) stamps its
   `heartbeat_at` every KEEL_RUN_HEARTBEAT_S; the reaper (services.runs_reap) takes over runs whose
   heartbeat is older than KEEL_RUN_STALE_S.
-- Every write after the claim (step checkpoints, totals, the final status) happens in a
-  transaction that first locks the run row *with this executor's lease token*; if the reaper has
-  taken the run over, the write raises LeaseLost and this executor stops without touching it.
+- Every write after the claim (step checkpoints, events, totals, the final status) is one
+  transaction that starts with an UPDATE of the run row *conditional on this executor's lease
+  token*, which also locks the row; if the reaper has taken the run over, the write raises
+  LeaseLost and this executor stops without touching it.
+- Holding the lease, the executor numbers the run's events itself and writes them with the
+  checkpoint they belong to (`last_event_seq` is saved in the same UPDATE, so whoever writes next,
+  the reaper or a resumed execution, continues the sequence).
 - Before each provider request the gateway reports its call id (`on_attempt`); it is committed on
-  the StepRun at once, so whoever recovers a crash can book a call that never returned.
+  the StepRun before the request is sent, so whoever recovers a crash can book a call that never
+  returned. A step's start (status, execution count, `step.started`) is written with that first
+  call id, or with the step's result when it makes no call: one transaction instead of two.
+- Each finished step is committed before anything else happens, except the last one, which is
+  committed with the run's end (nothing external happens between the two).
 - A resumed run skips steps already `succeeded` and reuses their outputs (no new provider call).
-- Cancellation and the run timeout are checked between steps and, through `should_abort`, between
-  the chunks of a streamed model answer.
+- Cancellation and the run timeout are checked between steps (every write reports a pending
+  cancel request) and, through `should_abort`, between the chunks of a streamed model answer.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,15 +37,13 @@ from uuid import UUID, uuid4
 
 import structlog
 from django.conf import settings
-from django.db import models, transaction
-from django.db.models import Count, F, Q, Sum, Value
-from django.db.models.functions import Coalesce
+from django.db import transaction
 from django.utils import timezone
 
 from apps.providers.gateway import CallAborted
 from apps.runs import events
-from apps.runs.heartbeat import heartbeats
-from apps.runs.models import Run, StepRun
+from apps.runs.heartbeat import Lease, heartbeats
+from apps.runs.models import Run, RunEvent, StepRun
 from apps.runs.serializers import StepRunSerializer, run_body
 from apps.workflows.steps import step_type
 from apps.workflows.steps.base import StepFailed, StepResult, Usage
@@ -51,6 +57,27 @@ DELTA_FLUSH_S = 0.05
 DELTA_MAX_CHARS = 2048
 # How often should_abort() may read the run row while a model answer streams.
 ABORT_CHECK_S = 0.5
+# What a step checkpoint writes (everything that changes while a step executes).
+STEP_FIELDS = [
+    "status",
+    "executions",
+    "input",
+    "output",
+    "error",
+    "model",
+    "provider",
+    "fallback_used",
+    "cache_hit",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "saved_usd",
+    "latency_ms",
+    "call_ids",
+    "started_at",
+    "finished_at",
+    "updated_at",
+]
 
 
 class LeaseLost(Exception):
@@ -72,25 +99,36 @@ class Claim:
     token: UUID
 
 
-def run_claim(*, run_id: UUID) -> Claim | None:
-    """Move a queued run to running with a fresh lease, or None when it is not (or no longer) queued."""
-    run = Run.objects.select_related("workflow_version").filter(pk=run_id).first()
+def run_claim(*, run_id: UUID, run: Run | None = None) -> Claim | None:
+    """Move a queued run to running with a fresh lease, or None when it is not (or no longer) queued.
+
+    `run` is the row as its caller has just committed it (with its workflow and version), which
+    saves reading it again; the claim is conditional on it being still so.
+    """
+    if run is None:
+        run = Run.objects.select_related("workflow", "workflow_version", "workspace").filter(pk=run_id).first()
     if run is None or run.status != Run.Status.QUEUED:
         return None
     now = timezone.now()
-    deadline = now + timedelta(seconds=run_timeout_s(run.workflow_version.definition))
     token = uuid4()
-    claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(
+    started_at = run.started_at or now
+    deadline_at = run.deadline_at or now + timedelta(seconds=run_timeout_s(run.workflow_version.definition))
+    # Conditional on what was read: any other writer between the read and this update (a claim, a
+    # cancel, the reaper) changes the status or one of these, and then this claim does nothing.
+    claimed = Run.objects.filter(
+        pk=run_id, status=Run.Status.QUEUED, executions=run.executions, last_event_seq=run.last_event_seq
+    ).update(
         status=Run.Status.RUNNING,
         lease_token=token,
         heartbeat_at=now,
-        executions=F("executions") + 1,
-        started_at=Coalesce("started_at", Value(now, output_field=models.DateTimeField())),
-        deadline_at=Coalesce("deadline_at", Value(deadline, output_field=models.DateTimeField())),
+        executions=run.executions + 1,
+        started_at=started_at,
+        deadline_at=deadline_at,
     )
     if claimed != 1:
         return None
-    run = Run.objects.select_related("workflow", "workflow_version", "workspace").get(pk=run_id)
+    run.status, run.lease_token, run.heartbeat_at = Run.Status.RUNNING, token, now
+    run.executions, run.started_at, run.deadline_at = run.executions + 1, started_at, deadline_at
     return Claim(run=run, token=token)
 
 
@@ -128,22 +166,32 @@ class _StepContext:
 
 
 class Executor:
-    """Executes one claimed run. Not shared between threads; the heartbeat thread only stamps."""
+    """Executes one claimed run. Not shared between threads; the heartbeat thread only stamps.
 
-    lease: Any = None
+    `steps` are the run's StepRun rows when the caller has them (it just created them).
+    """
 
-    def __init__(self, claim: Claim) -> None:
+    def __init__(self, claim: Claim, *, steps: Sequence[StepRun] | None = None) -> None:
         self.run = claim.run
         self.token = claim.token
         self.definition: dict[str, Any] = self.run.workflow_version.definition
         limit = (self.definition.get("limits") or {}).get("max_cost_usd")
         self.max_cost = Decimal(str(limit)) if limit is not None else None
+        self.lease: Lease | None = None
         self.abort_reason: str | None = None
-        self._last_abort_check = 0.0
+        self.seq = self.run.last_event_seq  # the last event number written; ours to continue
+        self.steps: list[StepRun] = list(steps) if steps is not None else []
+        self._steps_given = steps is not None
+        self._events: list[tuple[str, dict[str, Any]]] = []  # to be written with the next write
+        self._unsaved: StepRun | None = None  # a step changed in memory, to be saved with the next write
+        self._totals_changed = False  # the run's totals, to be saved with the next write
+        self._cancel_requested = self.run.cancel_requested_at is not None
+        self._last_abort_check = time.monotonic()  # the claim has just read the run's state
         self._current: StepRun | None = None
         self._deltas: list[str] = []
         self._delta_answer = 1
         self._delta_flushed_at = 0.0
+        self._delta_sent_any = False
 
     # --- the run --------------------------------------------------------------------------------
 
@@ -178,10 +226,13 @@ class Executor:
 
     def _execute(self) -> None:
         run = self.run
-        steps = {step.step_id: step for step in StepRun.objects.filter(run=run)}
+        if not self._steps_given:
+            self.steps = list(StepRun.objects.filter(run=run))
+        steps = {step.step_id: step for step in self.steps}
         context: dict[str, Any] = {"input": run.input, "steps": {}, "run": self._run_context()}
         logger.info("run_started", execution=run.executions, workflow=run.workflow.slug)
-        self._emit(
+        # Written with the first write of this execution (a step's start, or the end).
+        self._event(
             events.RUN_STARTED,
             {
                 "status": Run.Status.RUNNING,
@@ -190,7 +241,8 @@ class Executor:
                 "workflow_version": run.workflow_version.number,
             },
         )
-        for spec in self.definition["steps"]:
+        specs = self.definition["steps"]
+        for position, spec in enumerate(specs):
             step = steps[spec["id"]]
             if step.status == StepRun.Status.SUCCEEDED:
                 context["steps"][step.step_id] = {"output": step.output}
@@ -203,7 +255,6 @@ class Executor:
             try:
                 result = step_type(spec["type"]).execute(spec, _StepContext(self, step, context))
             except StepFailed as failure:
-                self._flush_deltas(step)
                 if self._past_deadline():
                     # The step failed because the run's time ran out (its call was cut short): say so.
                     self._stop("timeout", step, usage=failure.usage, input=failure.input)
@@ -221,10 +272,8 @@ class Executor:
                 )
                 return
             except CallAborted:
-                self._flush_deltas(step)
-                self._stop(self.abort_reason or self._check() or "cancelled", step)
+                self._stop(self.abort_reason or self._check(read=True) or "cancelled", step)
                 return
-            self._flush_deltas(step)
             self._step_finish(step, status=StepRun.Status.SUCCEEDED, result=result)
             context["steps"][step.step_id] = {"output": result.output}
             if self.max_cost is not None and self.run.cost_usd > self.max_cost:
@@ -237,6 +286,9 @@ class Executor:
                     ),
                 )
                 return
+            if position < len(specs) - 1:
+                # A checkpoint: committed before the next step can call anything.
+                self._write()
 
         try:
             if "output" in self.definition:
@@ -262,12 +314,21 @@ class Executor:
 
     # --- checks -----------------------------------------------------------------------------------
 
-    def _check(self) -> str | None:
-        """Why the run must stop now (cancelled, timeout, lease_lost), reading the run row fresh."""
-        row = Run.objects.filter(pk=self.run.pk).values("lease_token", "status", "cancel_requested_at").first()
-        if row is None or row["lease_token"] != self.token or row["status"] != Run.Status.RUNNING:
+    def _check(self, *, read: bool = False) -> str | None:
+        """Why the run must stop now (cancelled, timeout, lease_lost).
+
+        Between steps this needs no read: the last write (or the claim) said whether a cancel was
+        pending, and the heartbeat says whether the lease is still ours. `read=True` reads the row.
+        """
+        if read:
+            row = Run.objects.filter(pk=self.run.pk).values("lease_token", "status", "cancel_requested_at").first()
+            if row is None or row["lease_token"] != self.token or row["status"] != Run.Status.RUNNING:
+                return "lease_lost"
+            if row["cancel_requested_at"] is not None:
+                self._cancel_requested = True
+        elif self.lease is not None and self.lease.lost:
             return "lease_lost"
-        if row["cancel_requested_at"] is not None:
+        if self._cancel_requested:
             return "cancelled"
         if self._past_deadline():
             return "timeout"
@@ -279,14 +340,15 @@ class Executor:
     def should_abort(self) -> bool:
         if self.abort_reason is not None:
             return True
-        if self.lease.lost:
-            self.abort_reason = "lease_lost"
+        # What is known without a read first: the lease, a cancel seen by the last write, the deadline.
+        self.abort_reason = self._check()
+        if self.abort_reason is not None:
             return True
         now = time.monotonic()
         if now - self._last_abort_check < ABORT_CHECK_S:
             return False
         self._last_abort_check = now
-        self.abort_reason = self._check()
+        self.abort_reason = self._check(read=True)
         return self.abort_reason is not None
 
     def _stop(
@@ -310,40 +372,85 @@ class Executor:
     # --- writes, each under the lease -------------------------------------------------------------
 
     @contextmanager
-    def _leased(self) -> Iterator[None]:
+    def _leased(self, **fields: Any) -> Iterator[bool]:
+        """A transaction that first updates the run row (`fields`, else the heartbeat) on condition
+        that this executor still holds the lease; yields whether a cancel request is pending."""
+        fields = fields or {"heartbeat_at": timezone.now()}
         with transaction.atomic():
-            held = list(
-                Run.objects.select_for_update()
-                .filter(pk=self.run.pk, lease_token=self.token, status=Run.Status.RUNNING)
-                .values_list("pk", flat=True)
-            )
-            if not held:
-                raise LeaseLost
-            yield
+            mine = Run.objects.filter(pk=self.run.pk, lease_token=self.token, status=Run.Status.RUNNING)
+            cancel_pending = False
+            if not mine.filter(cancel_requested_at__isnull=True).update(**fields):
+                # Rarely taken: either a cancel is pending (the write still goes through) or the run
+                # is no longer ours.
+                if not mine.update(**fields):
+                    raise LeaseLost
+                cancel_pending = True
+            yield cancel_pending
 
-    def _emit(self, type: str, data: dict[str, Any]) -> None:
-        events.event_append(
-            run_id=self.run.pk, workspace_id=self.run.workspace_id, type=type, data={"run_id": str(self.run.pk), **data}
-        )
+    def _event(self, type: str, data: dict[str, Any]) -> None:
+        self._events.append((type, data))
+
+    def _write(self, **run_fields: Any) -> None:
+        """Commit what is pending (the unsaved step, the events) and `run_fields`, under the lease."""
+        pk, workspace_id = self.run.pk, self.run.workspace_id
+        rows = [
+            RunEvent(
+                workspace_id=workspace_id, run_id=pk, seq=self.seq + n, type=type, data={"run_id": str(pk), **data}
+            )
+            for n, (type, data) in enumerate(self._events, start=1)
+        ]
+        if rows:
+            run_fields["last_event_seq"] = self.seq + len(rows)
+        if self._totals_changed:
+            run = self.run
+            run_fields.update(
+                input_tokens=run.input_tokens,
+                output_tokens=run.output_tokens,
+                cost_usd=run.cost_usd,
+                saved_usd=run.saved_usd,
+                cache_hits=run.cache_hits,
+            )
+        with self._leased(**run_fields) as cancel_pending:
+            if self._unsaved is not None:
+                self._unsaved.save(update_fields=STEP_FIELDS)
+            if rows:
+                RunEvent.objects.bulk_create(rows)
+                transaction.on_commit(lambda: events.wake(pk))
+        self.seq += len(rows)
+        self._events.clear()
+        self._unsaved = None
+        self._totals_changed = False
+        self._cancel_requested = self._cancel_requested or cancel_pending
+        self._last_abort_check = time.monotonic()
 
     def _step_start(self, step: StepRun) -> None:
-        now = timezone.now()
-        with self._leased():
-            step.status = StepRun.Status.RUNNING
-            step.executions += 1
-            step.started_at = now
-            step.finished_at = None
-            step.error = None
-            step.save(update_fields=["status", "executions", "started_at", "finished_at", "error", "updated_at"])
-            self._emit(events.STEP_STARTED, {"step": step.step_id, "type": step.type, "index": step.index})
+        """Start the step in memory; its start is written with its first call id or with its result."""
+        step.status = StepRun.Status.RUNNING
+        step.executions += 1
+        step.started_at = timezone.now()
+        step.finished_at = None
+        step.error = None
+        self._event(events.STEP_STARTED, {"step": step.step_id, "type": step.type, "index": step.index})
+        self._unsaved = step
         self._current = step
         self._delta_answer = 1
+        self._delta_flushed_at = time.monotonic()
+        self._delta_sent_any = False
         logger.info("step_started", step=step.step_id, type=step.type, execution=step.executions)
 
     def note_call(self, step: StepRun, call_id: str) -> None:
         """Commit the call id before the request goes out (we are outside any transaction here)."""
-        if call_id not in step.call_ids:
-            step.call_ids = [*step.call_ids, call_id]
+        if call_id in step.call_ids:
+            return
+        step.call_ids = [*step.call_ids, call_id]
+        if self._unsaved is not None:
+            self._write()  # the step's start and this call id, in one transaction
+            if self._cancel_requested:
+                # Cancelled before the request was sent: send nothing (the gateway releases its hold).
+                step.call_ids = [c for c in step.call_ids if c != call_id]
+                self.abort_reason = "cancelled"
+                raise CallAborted("the run was cancelled before the call was sent")
+        else:
             StepRun.objects.filter(pk=step.pk).update(call_ids=step.call_ids)
 
     def _step_finish(
@@ -356,6 +463,8 @@ class Executor:
         input: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
     ) -> None:
+        """Record the step's end in memory, with its events; the next write commits it."""
+        self._flush_deltas(step, write=False)
         usage = result.usage if result is not None else (usage or Usage())
         step.status = status
         step.finished_at = timezone.now()
@@ -376,36 +485,29 @@ class Executor:
         step.saved_usd += usage.saved_usd
         step.latency_ms = usage.latency_ms
         step.call_ids = [*step.call_ids, *[c for c in usage.call_ids if c not in step.call_ids]]
-        with self._leased():
-            step.save()
-            self._totals()
-            self._emit(events.STEP_FINISHED, {"step": step.step_id, **StepRunSerializer(step).data, "id": step.step_id})
+        self._unsaved = step  # its whole row goes with the next write
+        self._totals()
+        self._event(events.STEP_FINISHED, {"step": step.step_id, **StepRunSerializer(step).data, "id": step.step_id})
         self._current = None
         logger.info("step_finished", step=step.step_id, status=status, cost_usd=str(step.cost_usd))
 
     def _totals(self) -> None:
-        totals = StepRun.objects.filter(run=self.run).aggregate(
-            input_tokens=Coalesce(Sum("input_tokens"), 0),
-            output_tokens=Coalesce(Sum("output_tokens"), 0),
-            cost_usd=Coalesce(Sum("cost_usd"), Decimal("0"), output_field=models.DecimalField()),
-            saved_usd=Coalesce(Sum("saved_usd"), Decimal("0"), output_field=models.DecimalField()),
-            cache_hits=Count("pk", filter=Q(cache_hit=True)),
-        )
-        Run.objects.filter(pk=self.run.pk).update(**totals)
-        for name, value in totals.items():
-            setattr(self.run, name, value)
+        """The run's totals from its steps, all of which this executor holds (no other writer has them)."""
+        run = self.run
+        run.input_tokens = sum(step.input_tokens for step in self.steps)
+        run.output_tokens = sum(step.output_tokens for step in self.steps)
+        run.cost_usd = sum((step.cost_usd for step in self.steps), Decimal("0"))
+        run.saved_usd = sum((step.saved_usd for step in self.steps), Decimal("0"))
+        run.cache_hits = sum(1 for step in self.steps if step.cache_hit)
+        self._totals_changed = True
 
     def _finish(self, status: str, *, output: Any = None, error: dict[str, Any] | None = None) -> None:
-        with self._leased():
-            now = timezone.now()
-            Run.objects.filter(pk=self.run.pk).update(status=status, output=output, error=error, finished_at=now)
-            self._totals()
-            run = Run.objects.select_related("workflow", "workflow_version").get(pk=self.run.pk)
-            self._emit(events.RUN_FINISHED, {"status": status, "run": run_body(run)})
-        self.run.status, self.run.output, self.run.error, self.run.finished_at = status, output, error, now
-        logger.info(
-            "run_finished", status=status, error_code=(error or {}).get("code"), cost_usd=str(self.run.cost_usd)
-        )
+        run = self.run
+        self._totals()
+        run.status, run.output, run.error, run.finished_at = status, output, error, timezone.now()
+        self._event(events.RUN_FINISHED, {"status": status, "run": run_body(run, steps=self.steps)})
+        self._write(status=status, output=output, error=error, finished_at=run.finished_at)
+        logger.info("run_finished", status=status, error_code=(error or {}).get("code"), cost_usd=str(run.cost_usd))
 
     # --- streamed text ----------------------------------------------------------------------------
 
@@ -413,19 +515,24 @@ class Executor:
         if not text:
             return
         if answer != self._delta_answer:
-            self._flush_deltas(step)
+            self._flush_deltas(step, write=False)
             self._delta_answer = answer
         self._deltas.append(text)
         now = time.monotonic()
-        if now - self._delta_flushed_at >= DELTA_FLUSH_S or sum(map(len, self._deltas)) >= DELTA_MAX_CHARS:
-            self._flush_deltas(step)
+        # A reader in this process (a stream) gets the first text at once; readers elsewhere poll
+        # every 0.25 s, so for them text is batched, and a short answer is written with the step's end.
+        eager = not self._delta_sent_any and (self.run.mode == Run.Mode.STREAM or events.has_listeners(self.run.pk))
+        if eager or now - self._delta_flushed_at >= DELTA_FLUSH_S or sum(map(len, self._deltas)) >= DELTA_MAX_CHARS:
+            self._flush_deltas(step, write=True)
 
-    def _flush_deltas(self, step: StepRun) -> None:
-        if not self._deltas:
-            return
-        text, self._deltas = "".join(self._deltas), []
-        self._delta_flushed_at = time.monotonic()
-        self._emit(events.STEP_DELTA, {"step": step.step_id, "delta": text, "answer": self._delta_answer})
+    def _flush_deltas(self, step: StepRun, *, write: bool) -> None:
+        if self._deltas:
+            text, self._deltas = "".join(self._deltas), []
+            self._event(events.STEP_DELTA, {"step": step.step_id, "delta": text, "answer": self._delta_answer})
+            self._delta_sent_any = True
+        if write and self._events:
+            self._delta_flushed_at = time.monotonic()
+            self._write()
 
 
 def _errors(failure: StepFailed) -> dict[str, Any]:

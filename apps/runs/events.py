@@ -1,8 +1,10 @@
 """Appending to a run's event log, and waking in-process listeners (SSE streams) when it grows.
 
-Sequence numbers come from one `UPDATE ... RETURNING` on the run row, so they are gap-free and
-ordered even when the executor, a cancel request and the reaper write events for the same run.
-Listeners are woken after commit: a stream never announces an event a reader cannot see yet.
+Sequence numbers come from the run row's `last_event_seq`: `event_append` (a cancel request, the
+reaper) takes the next one with one `UPDATE ... RETURNING`; the executor, which holds the run's
+lease, numbers its own events and saves `last_event_seq` with them (apps/runs/engine.py). Either
+way they are gap-free and ordered, and `(run, seq)` is unique. Listeners are woken after commit: a
+stream never announces an event a reader cannot see yet.
 """
 
 from __future__ import annotations
@@ -46,15 +48,22 @@ def event_append(*, run_id: UUID, workspace_id: UUID, type: str, data: dict[str,
         event = RunEvent.objects.create(
             workspace_id=workspace_id, run_id=run_id, seq=_next_seq(run_id), type=type, data=data
         )
-        transaction.on_commit(lambda: _wake(run_id))
+        transaction.on_commit(lambda: wake(run_id))
     return event
 
 
-def _wake(run_id: UUID) -> None:
+def wake(run_id: UUID) -> None:
+    """Wake this process's readers of the run (call once the events are committed)."""
     with _lock:
         waiters = list(_listeners.get(run_id, ()))
     for waiter in waiters:
         waiter.set()
+
+
+def has_listeners(run_id: UUID) -> bool:
+    """Whether a reader in this process waits for the run's events (a stream)."""
+    with _lock:
+        return run_id in _listeners
 
 
 @contextmanager

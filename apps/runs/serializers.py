@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -94,6 +95,16 @@ class RunSerializer(RunSummarySerializer):
         read_only_fields = fields
 
 
-def run_body(run: Run) -> dict[str, Any]:
-    """The run body as plain JSON types (it is stored in RunEvent.data and in idempotency replays)."""
-    return json.loads(json.dumps(RunSerializer(run).data, cls=JSONEncoder))
+def run_body(run: Run, *, steps: Sequence[StepRun] | None = None) -> dict[str, Any]:
+    """The run body as plain JSON types (it is stored in RunEvent.data and in idempotency replays).
+
+    `steps`: the run's steps in order, when the caller holds them (saves reading them again).
+    """
+    if steps is None:
+        data = dict(RunSerializer(run).data)
+    else:
+        summary = dict(RunSummarySerializer(run).data)
+        data = {name: summary[name] for name in RunSummarySerializer.Meta.fields[:8]}
+        data["steps"] = StepRunSerializer(steps, many=True).data
+        data.update((name, summary[name]) for name in RunSummarySerializer.Meta.fields[8:])
+    return json.loads(json.dumps(data, cls=JSONEncoder))

@@ -86,6 +86,7 @@ class RunStart:
     repeated: bool = False
     replay: tuple[int, dict[str, Any]] | None = None
     response: tuple[int, dict[str, Any]] | None = None  # the response already stored for this key
+    steps: list[StepRun] | None = None  # the new run's steps, as created (None for a repeat)
 
 
 def _idempotency_claim(*, workspace_id: UUID, key: str, fingerprint: str) -> tuple[IdempotencyKey, bool]:
@@ -159,8 +160,10 @@ def run_start(
             api_key_id=getattr(actor.api_key, "pk", None),
             user_id=getattr(actor.user, "pk", None),
         )
+        # The actor's workspace is the workflow's (the caller scoped it); reusing it saves a read.
+        workspace = actor.workspace if actor.workspace.pk == workflow.workspace_id else workflow.workspace
         run = Run.objects.create(
-            workspace_id=workflow.workspace_id,
+            workspace=workspace,
             workflow=workflow,
             workflow_version=version,
             mode=mode,
@@ -173,7 +176,7 @@ def run_start(
             trace_id=trace_id,
             traceparent=traceparent,
         )
-        _steps_create(run=run, version=version)
+        steps = _steps_create(run=run, version=version)
         if mode == Run.Mode.ASYNC:
             run_enqueue(run=run, job_id=f"run-{run.pk}")
         response = None
@@ -187,13 +190,13 @@ def run_start(
     logger.info(
         "run_created",
         run_id=str(run.pk),
-        workspace=workflow.workspace.slug,
+        workspace=workspace.slug,
         trace_id=trace_id,
         workflow=workflow.slug,
         version=version.number,
         mode=mode,
     )
-    return RunStart(run=run, response=response)
+    return RunStart(run=run, response=response, steps=steps)
 
 
 def _idempotent_repeat(record: IdempotencyKey, fingerprint: str) -> RunStart:
@@ -217,7 +220,7 @@ def idempotency_response_store(*, run: Run, status: int, body: dict[str, Any]) -
         )
 
 
-def _steps_create(*, run: Run, version: WorkflowVersion, reuse: dict[str, StepRun] | None = None) -> None:
+def _steps_create(*, run: Run, version: WorkflowVersion, reuse: dict[str, StepRun] | None = None) -> list[StepRun]:
     rows = []
     for index, spec in enumerate(version.definition["steps"]):
         previous = (reuse or {}).get(spec["id"])
@@ -231,32 +234,32 @@ def _steps_create(*, run: Run, version: WorkflowVersion, reuse: dict[str, StepRu
             step.reused_from_id = previous.reused_from_id or previous.pk
             step.started_at = step.finished_at = timezone.now()
         rows.append(step)
-    StepRun.objects.bulk_create(rows)
+    return StepRun.objects.bulk_create(rows)
 
 
 # --- execute -----------------------------------------------------------------------------------
 
 
-def run_execute(*, run_id: UUID | str) -> None:
+def run_execute(*, run_id: UUID | str, run: Run | None = None, steps: list[StepRun] | None = None) -> None:
     """Claim and execute the run; does nothing when it is not queued (a duplicate delivery).
 
     Safe to call from any number of workers or threads at once: one claims, the others return.
+    `run` and `steps`: the rows as run_start has just committed them, which saves reading them.
     """
-    claim = run_claim(run_id=UUID(str(run_id)))
+    claim = run_claim(run_id=UUID(str(run_id)), run=run)
     if claim is None:
         logger.info("run_not_claimed", run_id=str(run_id), detail="not queued: finished, running elsewhere or gone")
         return
     with structlog.contextvars.bound_contextvars(**_log_context(claim.run)):
         logger.info("run_claimed", execution=claim.run.executions)
-        Executor(claim).execute()
+        Executor(claim, steps=steps).execute()
 
 
-def run_execute_in_thread(*, run_id: UUID) -> Task:
-    """Execute on one of this process's run threads (apps/runs/pool.py); `wait()` on the result.
-
-    If the process dies meanwhile, the reaper resumes the run on a worker.
-    """
-    return pool.submit(lambda: run_execute(run_id=run_id))
+def run_execute_in_thread(*, started: RunStart) -> Task:
+    """Execute a run just started here on one of this process's run threads (apps/runs/pool.py);
+    `wait()` on the result. If the process dies meanwhile, the reaper resumes the run on a worker."""
+    run, steps = started.run, started.steps
+    return pool.submit(lambda: run_execute(run_id=run.pk, run=run, steps=steps))
 
 
 # --- cancel and retry --------------------------------------------------------------------------
