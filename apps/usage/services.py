@@ -639,7 +639,8 @@ def _holds_sql(states: Sequence[str]) -> str:
 def _finish(*, call_id: str, actual: Decimal | None, now: dt.datetime, booked: Any = _UNKNOWN) -> None:
     """Settle (`actual` given) or release the holds of `call_id`; `booked` is the call's ledger cost
     when the caller knows it (None: not booked), else it is read here."""
-    with transaction.atomic():
+    # No savepoint when usage_record already opened the transaction: nothing here is retried on error.
+    with transaction.atomic(savepoint=False):
         states = [BudgetReservation.State.HELD]
         if actual is not None:
             states.append(BudgetReservation.State.RELEASED)
