@@ -67,6 +67,7 @@ from apps.providers.crypto import SecretUnreadable
 from apps.providers.models import Model, Provider
 from apps.providers.pricing import Prices, cost_usd, worst_case_cost_usd
 from apps.providers.response_cache import response_cache_get, response_cache_key, response_cache_set
+from apps.providers.selectors import models_by_alias
 from apps.providers.tokens import count_prompt_tokens, count_tokens
 from apps.usage import services as usage_services
 
@@ -388,10 +389,7 @@ def gateway_complete(
 
 def _resolve_chain(workspace_id: UUID, aliases: list[str]) -> list[Model]:
     ordered = list(dict.fromkeys(aliases))
-    found = {
-        m.alias: m
-        for m in Model.objects.for_workspace(workspace_id).select_related("provider").filter(alias__in=ordered)
-    }
+    found = models_by_alias(workspace_id=workspace_id, aliases=ordered)
     missing = [alias for alias in ordered if alias not in found]
     if missing:
         raise ProviderError(
