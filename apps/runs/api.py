@@ -143,23 +143,25 @@ class WorkflowRunsView(APIView):
             if run.mode == Run.Mode.STREAM:
                 return sse_response(run_event_stream(run.pk))
             return Response(
-                RunSerializer(_run_for_body(run)).data,
-                headers={"Location": _location(run), "Idempotent-Replayed": "true"},
+                run_body(_run_for_body(run)), headers={"Location": _location(run), "Idempotent-Replayed": "true"}
             )
 
         if run.mode == Run.Mode.ASYNC:
-            body = started.response[1] if started.response else run_body(_run_for_body(run))
+            body = started.response[1] if started.response else run_body(run, steps=started.steps)
             return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": _location(run)})
         handle = run_execute_in_thread(started=started)
         if run.mode == Run.Mode.STREAM:
             return sse_response(run_event_stream(run.pk))
         finished = handle.wait(data.validated_data.get("wait_s", settings.KEEL_RUN_DEFAULT_WAIT_S))
-        fresh = _run_for_body(run)
-        body = run_body(fresh)
-        if finished and fresh.is_finished:
-            idempotency_response_store(run=fresh, status=200, body=body)
-            return Response(body, status=status.HTTP_200_OK, headers={"Location": _location(run)})
-        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": _location(run)})
+        # The executor hands back the body it wrote with run.finished: the run as committed.
+        body = handle.result if finished else None
+        if body is None:
+            fresh = _run_for_body(run)
+            body = run_body(fresh)
+            if not (finished and fresh.is_finished):
+                return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": _location(run)})
+        idempotency_response_store(run=run, status=200, body=body)
+        return Response(body, status=status.HTTP_200_OK, headers={"Location": _location(run)})
 
 
 class RunFilter(django_filters.FilterSet):
@@ -186,6 +188,11 @@ class RunViewSet(WorkspaceScopedMixin, mixins.ListModelMixin, mixins.RetrieveMod
 
     def get_serializer_class(self) -> type[serializers.BaseSerializer[Any]]:
         return RunSummarySerializer if self.action == "list" else RunSerializer
+
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """A run with its steps and usage."""
+        # run_body is RunSerializer's output built without DRF's per-field machinery (polled often).
+        return Response(run_body(self.get_object()))
 
     @extend_schema(
         parameters=[
@@ -214,7 +221,7 @@ class RunViewSet(WorkspaceScopedMixin, mixins.ListModelMixin, mixins.RetrieveMod
         """Cancel: 200 with the cancelled run, 202 while a running run is stopping, 409 once finished."""
         run = run_cancel(run=self.get_object())
         code = status.HTTP_200_OK if run.is_finished else status.HTTP_202_ACCEPTED
-        return Response(RunSerializer(_run_for_body(run)).data, status=code)
+        return Response(run_body(_run_for_body(run)), status=code)
 
     @extend_schema(
         request=None, responses={202: RunSerializer, 409: _problem("conflict, the run is not failed or cancelled")}
@@ -224,7 +231,5 @@ class RunViewSet(WorkspaceScopedMixin, mixins.ListModelMixin, mixins.RetrieveMod
         """A new run (async) of the same version and input, reusing the succeeded steps' outputs."""
         retry = run_retry(run=self.get_object(), actor=self.actor, request_id=getattr(request, "request_id", ""))
         return Response(
-            RunSerializer(_run_for_body(retry)).data,
-            status=status.HTTP_202_ACCEPTED,
-            headers={"Location": _location(retry)},
+            run_body(_run_for_body(retry)), status=status.HTTP_202_ACCEPTED, headers={"Location": _location(retry)}
         )

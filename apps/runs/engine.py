@@ -44,7 +44,7 @@ from apps.providers.gateway import CallAborted
 from apps.runs import events
 from apps.runs.heartbeat import Lease, heartbeats
 from apps.runs.models import Run, RunEvent, StepRun
-from apps.runs.serializers import StepRunSerializer, run_body
+from apps.runs.serializers import run_body, step_body
 from apps.workflows.steps import step_type
 from apps.workflows.steps.base import StepFailed, StepResult, Usage
 from apps.workflows.templating import TemplateProblem, render_value
@@ -179,6 +179,7 @@ class Executor:
         self.max_cost = Decimal(str(limit)) if limit is not None else None
         self.lease: Lease | None = None
         self.abort_reason: str | None = None
+        self.body: dict[str, Any] | None = None  # the run body of run.finished, once written
         self.seq = self.run.last_event_seq  # the last event number written; ours to continue
         self.steps: list[StepRun] = list(steps) if steps is not None else []
         self._steps_given = steps is not None
@@ -487,7 +488,7 @@ class Executor:
         step.call_ids = [*step.call_ids, *[c for c in usage.call_ids if c not in step.call_ids]]
         self._unsaved = step  # its whole row goes with the next write
         self._totals()
-        self._event(events.STEP_FINISHED, {"step": step.step_id, **StepRunSerializer(step).data, "id": step.step_id})
+        self._event(events.STEP_FINISHED, {"step": step.step_id, **step_body(step)})
         self._current = None
         logger.info("step_finished", step=step.step_id, status=status, cost_usd=str(step.cost_usd))
 
@@ -505,8 +506,10 @@ class Executor:
         run = self.run
         self._totals()
         run.status, run.output, run.error, run.finished_at = status, output, error, timezone.now()
-        self._event(events.RUN_FINISHED, {"status": status, "run": run_body(run, steps=self.steps)})
+        body = run_body(run, steps=self.steps)
+        self._event(events.RUN_FINISHED, {"status": status, "run": body})
         self._write(status=status, output=output, error=error, finished_at=run.finished_at)
+        self.body = body
         logger.info("run_finished", status=status, error_code=(error or {}).get("code"), cost_usd=str(run.cost_usd))
 
     # --- streamed text ----------------------------------------------------------------------------

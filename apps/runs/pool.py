@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from django.db import close_old_connections, connection
@@ -24,12 +25,13 @@ IDLE_S = 60.0
 
 
 class Task:
-    """A submitted callable; `wait()` until it has returned (or raised: the pool logs it)."""
+    """A submitted callable; `wait()` until it has returned (`result`) or raised (the pool logs it)."""
 
-    def __init__(self, fn: Callable[[], object]) -> None:
+    def __init__(self, fn: Callable[[], Any]) -> None:
         self.fn = fn
         self.context = contextvars.copy_context()  # request_id and friends stay on the run's log lines
         self.done = threading.Event()
+        self.result: Any = None
 
     def wait(self, timeout: float | None) -> bool:
         return self.done.wait(timeout)
@@ -44,7 +46,7 @@ class Pool:
         self._threads = 0
         self._pid = os.getpid()
 
-    def submit(self, fn: Callable[[], object]) -> Task:
+    def submit(self, fn: Callable[[], Any]) -> Task:
         task = Task(fn)
         with self._lock:
             if self._pid != os.getpid():  # a forked child has none of its parent's threads
@@ -79,7 +81,7 @@ class Pool:
         # As around a request: drop a connection that is broken or past CONN_MAX_AGE.
         close_old_connections()
         try:
-            task.context.run(task.fn)
+            task.result = task.context.run(task.fn)
         except Exception:  # noqa: BLE001 - the run records its own failure; this is the last resort log
             logger.exception("run_pool_task_error")
         finally:

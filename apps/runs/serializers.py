@@ -95,16 +95,74 @@ class RunSerializer(RunSummarySerializer):
         read_only_fields = fields
 
 
+# The run body is built on every run's end (its run.finished event and the sync answer) and on
+# every GET of a run: by hand, with DRF's own field formatting, instead of through the serializers
+# above (which stay the API's declared schema). tests/runs/test_run_body.py keeps the two equal.
+_DATETIME = serializers.DateTimeField()
+_MONEY = serializers.DecimalField(**MONEY)
+
+
+def _datetime(value: Any) -> str | None:
+    return None if value is None else _DATETIME.to_representation(value)
+
+
+def step_body(step: StepRun) -> dict[str, Any]:
+    """A step of the run body (StepRunSerializer's fields), as plain JSON types."""
+    return {
+        "id": step.step_id,
+        "type": step.type,
+        "status": str(step.status),
+        "attempts": step.attempts,
+        "model": step.model,
+        "provider": step.provider,
+        "fallback_used": bool(step.fallback_used),
+        "cache_hit": bool(step.cache_hit),
+        "input_tokens": int(step.input_tokens),
+        "output_tokens": int(step.output_tokens),
+        "cost_usd": _MONEY.to_representation(step.cost_usd),
+        "latency_ms": int(step.latency_ms),
+        "output": _json(step.output),
+        "error": _json(step.error),
+    }
+
+
 def run_body(run: Run, *, steps: Sequence[StepRun] | None = None) -> dict[str, Any]:
-    """The run body as plain JSON types (it is stored in RunEvent.data and in idempotency replays).
+    """The run body (RunSerializer's fields) as plain JSON types: it is stored in RunEvent.data and
+    in idempotency replays. Needs `run.workflow` and `run.workflow_version` (select_related).
 
     `steps`: the run's steps in order, when the caller holds them (saves reading them again).
     """
     if steps is None:
-        data = dict(RunSerializer(run).data)
-    else:
-        summary = dict(RunSummarySerializer(run).data)
-        data = {name: summary[name] for name in RunSummarySerializer.Meta.fields[:8]}
-        data["steps"] = StepRunSerializer(steps, many=True).data
-        data.update((name, summary[name]) for name in RunSummarySerializer.Meta.fields[8:])
-    return json.loads(json.dumps(data, cls=JSONEncoder))
+        steps = list(run.steps.all())
+    return {
+        "id": str(run.pk),
+        "workflow": run.workflow.slug,
+        "workflow_version": run.workflow_version.number,
+        "status": str(run.status),
+        "mode": str(run.mode),
+        "input": _json(run.input),
+        "output": _json(run.output),
+        "error": _json(run.error),
+        "steps": [step_body(step) for step in steps],
+        "usage": {
+            "input_tokens": int(run.input_tokens),
+            "output_tokens": int(run.output_tokens),
+            "cost_usd": _MONEY.to_representation(run.cost_usd),
+            "cache_hits": int(run.cache_hits),
+            "saved_usd": _MONEY.to_representation(run.saved_usd),
+        },
+        "created_at": _datetime(run.created_at),
+        "started_at": _datetime(run.started_at),
+        "finished_at": _datetime(run.finished_at),
+        "duration_ms": run.duration_ms,
+        "trace_id": run.trace_id,
+        "metadata": _json(run.metadata),
+        "retry_of": None if run.retry_of_id is None else str(run.retry_of_id),
+    }
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's value as a copy of plain JSON types: the body must not share the run's objects."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return json.loads(json.dumps(value, cls=JSONEncoder))

@@ -184,7 +184,7 @@ def run_start(
             record.run = run
             if mode == Run.Mode.ASYNC:
                 # The whole first response is known now: store it with the run, so a repeat never sees 409.
-                response = (202, run_body(run))
+                response = (202, run_body(run, steps=steps))
                 record.response_status, record.response_body = response[0], json.dumps(response[1])
             record.save(update_fields=["run", "response_status", "response_body", "updated_at"])
     logger.info(
@@ -240,19 +240,24 @@ def _steps_create(*, run: Run, version: WorkflowVersion, reuse: dict[str, StepRu
 # --- execute -----------------------------------------------------------------------------------
 
 
-def run_execute(*, run_id: UUID | str, run: Run | None = None, steps: list[StepRun] | None = None) -> None:
+def run_execute(
+    *, run_id: UUID | str, run: Run | None = None, steps: list[StepRun] | None = None
+) -> dict[str, Any] | None:
     """Claim and execute the run; does nothing when it is not queued (a duplicate delivery).
 
     Safe to call from any number of workers or threads at once: one claims, the others return.
     `run` and `steps`: the rows as run_start has just committed them, which saves reading them.
+    Returns the finished run's body when this call executed it to its end (else None).
     """
     claim = run_claim(run_id=UUID(str(run_id)), run=run)
     if claim is None:
         logger.info("run_not_claimed", run_id=str(run_id), detail="not queued: finished, running elsewhere or gone")
-        return
+        return None
     with structlog.contextvars.bound_contextvars(**_log_context(claim.run)):
         logger.info("run_claimed", execution=claim.run.executions)
-        Executor(claim, steps=steps).execute()
+        executor = Executor(claim, steps=steps)
+        executor.execute()
+        return executor.body
 
 
 def run_execute_in_thread(*, started: RunStart) -> Task:
