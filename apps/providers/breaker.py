@@ -36,9 +36,11 @@ def breaker_allow(model_id: UUID | str) -> bool:
     failures_key, open_key, probe_key = _keys(model_id)
     try:
         redis = get_redis()
-        if redis.exists(open_key):
+        # One round trip on the common path (every call asks this).
+        is_open, failures_count = redis.mget(open_key, failures_key)
+        if is_open is not None:
             return False
-        failures = int(redis.get(failures_key) or 0)
+        failures = int(failures_count or 0)
         if failures < settings.KEEL_BREAKER_FAILURE_THRESHOLD:
             return True
         ttl_ms = int(settings.KEEL_BREAKER_PROBE_TTL_S * 1000)
