@@ -30,7 +30,8 @@ from uuid import UUID
 
 import structlog
 from django.conf import settings
-from django.db import IntegrityError, connection, models, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, models, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
@@ -61,39 +62,61 @@ ZERO = Decimal("0")
 # embedded mode) both accept, and their values go through Django's own field adaptation.
 
 
-def _param(value: Any) -> Any:
-    """A query parameter as the database driver takes it (UUIDs are text on SQLite)."""
-    if isinstance(value, uuid.UUID):
-        return value if connection.features.has_native_uuid_field else value.hex
-    if isinstance(value, dt.datetime):
-        return connection.ops.adapt_datetimefield_value(value)
-    return value
+def _db() -> BaseDatabaseWrapper:
+    # The thread's connection object itself: every attribute read through the `connection` proxy is
+    # a thread-local lookup, and these paths read dozens per call.
+    return connections[DEFAULT_DB_ALIAS]
+
+
+def _params(db: BaseDatabaseWrapper, values: Sequence[Any]) -> list[Any]:
+    """Query parameters as the driver takes them. PostgreSQL's takes UUIDs and aware datetimes as
+    they are; SQLite wants UUIDs as hex and datetimes through Django's adaptation."""
+    if db.features.has_native_uuid_field:
+        return list(values)
+    adapt = db.ops.adapt_datetimefield_value
+    return [v.hex if isinstance(v, uuid.UUID) else adapt(v) if isinstance(v, dt.datetime) else v for v in values]
 
 
 def _execute(sql: str, params: Sequence[Any]) -> int:
     """Run one statement; the number of rows it changed."""
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [_param(p) for p in params])
+    db = _db()
+    with db.cursor() as cursor:
+        cursor.execute(sql, _params(db, params))
         return int(cursor.rowcount)
 
 
-def _fetch(sql: str, params: Sequence[Any], fields: Sequence[models.Field[Any, Any]]) -> list[list[Any]]:
+_Converters = list[list[tuple[Any, Any]]]
+_converters_of: dict[tuple[str, tuple[models.Field[Any, Any], ...]], _Converters] = {}
+
+
+def _converters(db: BaseDatabaseWrapper, fields: tuple[models.Field[Any, Any], ...]) -> _Converters:
+    """What the ORM would apply to each column (none on PostgreSQL); worked out once per field list."""
+    key = (db.vendor, fields)
+    found = _converters_of.get(key)
+    if found is None:
+        found = [
+            [(c, col) for c in (*db.ops.get_db_converters(col), *col.get_db_converters(db))]
+            for col in (f.get_col(f.model._meta.db_table) for f in fields)
+        ]
+        _converters_of[key] = found
+    return found
+
+
+def _fetch(sql: str, params: Sequence[Any], fields: tuple[models.Field[Any, Any], ...]) -> list[list[Any]]:
     """Rows of a query whose columns are `fields`, converted the way the ORM converts them."""
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [_param(p) for p in params])
+    db = _db()
+    with db.cursor() as cursor:
+        cursor.execute(sql, _params(db, params))
         rows = cursor.fetchall()
-    converters = [
-        [(c, col) for c in (*connection.ops.get_db_converters(col), *col.get_db_converters(connection))]
-        for col in (f.get_col(f.model._meta.db_table) for f in fields)
-    ]
-    if not any(converters):  # PostgreSQL: the driver already returns UUIDs, Decimals and aware datetimes
+    converters = _converters(db, fields)
+    if not any(converters):
         return [list(row) for row in rows]
     out = []
     for row in rows:
         values = list(row)
         for i, pairs in enumerate(converters):
             for convert, col in pairs:
-                values[i] = convert(values[i], col, connection)
+                values[i] = convert(values[i], col, db)
         out.append(values)
     return out
 
@@ -105,7 +128,7 @@ def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
 
 
 _LEDGER = UsageRecord._meta.db_table
-_LEDGER_FIELDS = list(UsageRecord._meta.concrete_fields)
+_LEDGER_FIELDS = tuple(UsageRecord._meta.concrete_fields)
 # ON CONFLICT on the unique call_id: a repeated booking of the same attempt inserts nothing (and
 # waits for, then yields to, a concurrent insert of the same call_id).
 _LEDGER_INSERT = (
@@ -153,10 +176,11 @@ def usage_record(*, call_id: str, settle_budget: bool = False, **fields: Any) ->
     """
     record = UsageRecord(call_id=call_id, **fields)
     with transaction.atomic():
-        params = [f.get_db_prep_save(f.pre_save(record, True), connection) for f in _LEDGER_FIELDS]
+        db = _db()
+        params = [f.get_db_prep_save(f.pre_save(record, True), db) for f in _LEDGER_FIELDS]
         created = bool(_execute(_LEDGER_INSERT, params))
         if created:
-            record._state.adding, record._state.db = False, connection.alias
+            record._state.adding, record._state.db = False, db.alias
         else:
             record = UsageRecord.objects.get(call_id=call_id)
         if settle_budget:
@@ -627,8 +651,9 @@ def _in(values: Sequence[Any]) -> str:
 
 def _holds_sql(states: Sequence[str]) -> str:
     lock = ""
-    if connection.features.has_select_for_update:  # SQLite serialises writers instead
-        lock = " FOR UPDATE OF r" if connection.features.has_select_for_update_of else " FOR UPDATE"
+    features = _db().features
+    if features.has_select_for_update:  # SQLite serialises writers instead
+        lock = " FOR UPDATE OF r" if features.has_select_for_update_of else " FOR UPDATE"
     return (
         f"SELECT r.id, r.window_id, r.amount, r.state, b.alert_threshold_pct FROM {_RESERVATIONS} r "
         f"JOIN {_WINDOWS} w ON w.id = r.window_id JOIN {_BUDGETS} b ON b.id = w.budget_id "
