@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from uuid import UUID
 
 from django.db.models import OuterRef, QuerySet, Subquery
@@ -21,5 +23,25 @@ def workflow_with_definition(queryset: QuerySet[Workflow]) -> QuerySet[Workflow]
     return queryset.annotate(latest_definition=Subquery(latest.values("definition")[:1]))
 
 
+# Versions never change once saved (a new definition is a new number), so the latest version of a
+# workflow, looked up on every run start, is kept per process by (workflow, number): a stale entry
+# cannot exist, only an unused one. Bounded; least recently used first out.
+_VERSIONS: OrderedDict[tuple[UUID, int], WorkflowVersion] = OrderedDict()
+_VERSIONS_MAX = 512
+_versions_lock = threading.Lock()
+
+
 def workflow_version_latest(*, workflow: Workflow) -> WorkflowVersion:
-    return WorkflowVersion.objects.get(workflow=workflow, number=workflow.latest_version)
+    """The workflow's latest version. Shared between callers in this process: never modify it."""
+    key = (workflow.pk, workflow.latest_version)
+    with _versions_lock:
+        version = _VERSIONS.get(key)
+        if version is not None:
+            _VERSIONS.move_to_end(key)
+            return version
+    version = WorkflowVersion.objects.get(workflow=workflow, number=workflow.latest_version)
+    with _versions_lock:
+        _VERSIONS[key] = version
+        while len(_VERSIONS) > _VERSIONS_MAX:
+            _VERSIONS.popitem(last=False)
+    return version
