@@ -134,6 +134,7 @@ class WorkflowRunsView(APIView):
             fingerprint=_fingerprint(slug, request.data),
             request_id=getattr(request, "request_id", "") or "",
             traceparent=request.headers.get("traceparent"),
+            claim=True,  # a sync or stream run executes here, now
         )
         run = started.run
         if started.replay is not None:

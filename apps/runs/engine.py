@@ -99,14 +99,9 @@ class Claim:
     token: UUID
 
 
-def run_claim(*, run_id: UUID, run: Run | None = None) -> Claim | None:
-    """Move a queued run to running with a fresh lease, or None when it is not (or no longer) queued.
-
-    `run` is the row as its caller has just committed it (with its workflow and version), which
-    saves reading it again; the claim is conditional on it being still so.
-    """
-    if run is None:
-        run = Run.objects.select_related("workflow", "workflow_version", "workspace").filter(pk=run_id).first()
+def run_claim(*, run_id: UUID) -> Claim | None:
+    """Move a queued run to running with a fresh lease, or None when it is not (or no longer) queued."""
+    run = Run.objects.select_related("workflow", "workflow_version", "workspace").filter(pk=run_id).first()
     if run is None or run.status != Run.Status.QUEUED:
         return None
     now = timezone.now()
@@ -130,6 +125,16 @@ def run_claim(*, run_id: UUID, run: Run | None = None) -> Claim | None:
     run.status, run.lease_token, run.heartbeat_at = Run.Status.RUNNING, token, now
     run.executions, run.started_at, run.deadline_at = run.executions + 1, started_at, deadline_at
     return Claim(run=run, token=token)
+
+
+def run_claim_new(*, run: Run) -> Claim:
+    """Claim a run not yet saved (its insert records it running, with this lease): for the sync and
+    stream runs a web process executes itself, whose claim would otherwise be a second write."""
+    now = timezone.now()
+    run.status, run.lease_token, run.heartbeat_at, run.executions = Run.Status.RUNNING, uuid4(), now, 1
+    run.started_at = now
+    run.deadline_at = now + timedelta(seconds=run_timeout_s(run.workflow_version.definition))
+    return Claim(run=run, token=run.lease_token)
 
 
 class _StepContext:

@@ -25,7 +25,7 @@ from apps.core.jobs import enqueue_after_commit
 from apps.core.problems import ConflictProblem, IdempotencyMismatch, ValidationProblem
 from apps.providers.models import Model
 from apps.runs import events
-from apps.runs.engine import Executor, error_body, run_claim, run_timeout_s
+from apps.runs.engine import Claim, Executor, error_body, run_claim, run_claim_new, run_timeout_s
 from apps.runs.models import IdempotencyKey, Run, StepRun
 from apps.runs.pool import Task, pool
 from apps.runs.serializers import run_body
@@ -64,6 +64,10 @@ def run_enqueue(*, run: Run, job_id: str) -> None:
     """Have a worker execute the run once this transaction commits."""
     Run.objects.filter(pk=run.pk).update(job_id=job_id)
     run.job_id = job_id
+    _enqueue_job(run=run, job_id=job_id)
+
+
+def _enqueue_job(*, run: Run, job_id: str) -> None:
     enqueue_after_commit(
         "apps.runs.tasks.execute_run_job",
         str(run.pk),
@@ -87,6 +91,7 @@ class RunStart:
     replay: tuple[int, dict[str, Any]] | None = None
     response: tuple[int, dict[str, Any]] | None = None  # the response already stored for this key
     steps: list[StepRun] | None = None  # the new run's steps, as created (None for a repeat)
+    claim: Claim | None = None  # the new run, created claimed by this process (`claim=True`)
 
 
 def _idempotency_claim(*, workspace_id: UUID, key: str, fingerprint: str) -> tuple[IdempotencyKey, bool]:
@@ -124,13 +129,16 @@ def run_start(
     fingerprint: str = "",
     request_id: str = "",
     traceparent: str | None = None,
+    claim: bool = False,
 ) -> RunStart:
     """Validate the input and record a queued run; an async run is enqueued after commit.
 
     With `idempotency_key`: a repeat with the same fingerprint resolves to the first run (and its
     stored response, if any); a different fingerprint raises IdempotencyMismatch (422); a repeat
     while the first request still executes raises ConflictProblem (409). Sync and stream runs are
-    executed by the caller (run_execute_in_thread) once this returns.
+    executed by the caller once this returns: with `claim=True` such a run is recorded already
+    claimed by the caller (running, with a lease: `RunStart.claim`), who must execute it at once
+    (run_execute_in_thread); if the process dies first, the reaper resumes it as a stale run.
     """
     if workflow.archived:
         raise ConflictProblem(f"The workflow {workflow.slug!r} is archived; PUT a definition to restore it.")
@@ -162,7 +170,7 @@ def run_start(
         )
         # The actor's workspace is the workflow's (the caller scoped it); reusing it saves a read.
         workspace = actor.workspace if actor.workspace.pk == workflow.workspace_id else workflow.workspace
-        run = Run.objects.create(
+        run = Run(
             workspace=workspace,
             workflow=workflow,
             workflow_version=version,
@@ -176,9 +184,16 @@ def run_start(
             trace_id=trace_id,
             traceparent=traceparent,
         )
+        claimed = None
+        if mode == Run.Mode.ASYNC:
+            run.job_id = f"run-{run.pk}"  # the primary key is made here, so the job id goes with the insert
+        elif claim:
+            # The claim goes with the insert: no second write before the run executes.
+            claimed = run_claim_new(run=run)
+        run.save(force_insert=True)
         steps = _steps_create(run=run, version=version)
         if mode == Run.Mode.ASYNC:
-            run_enqueue(run=run, job_id=f"run-{run.pk}")
+            _enqueue_job(run=run, job_id=run.job_id)
         response = None
         if record is not None:
             record.run = run
@@ -196,7 +211,7 @@ def run_start(
         version=version.number,
         mode=mode,
     )
-    return RunStart(run=run, response=response, steps=steps)
+    return RunStart(run=run, response=response, steps=steps, claim=claimed)
 
 
 def _idempotent_repeat(record: IdempotencyKey, fingerprint: str) -> RunStart:
@@ -241,15 +256,17 @@ def _steps_create(*, run: Run, version: WorkflowVersion, reuse: dict[str, StepRu
 
 
 def run_execute(
-    *, run_id: UUID | str, run: Run | None = None, steps: list[StepRun] | None = None
+    *, run_id: UUID | str, claim: Claim | None = None, steps: list[StepRun] | None = None
 ) -> dict[str, Any] | None:
     """Claim and execute the run; does nothing when it is not queued (a duplicate delivery).
 
     Safe to call from any number of workers or threads at once: one claims, the others return.
-    `run` and `steps`: the rows as run_start has just committed them, which saves reading them.
-    Returns the finished run's body when this call executed it to its end (else None).
+    `claim` and `steps`: a run run_start has just recorded claimed, and its step rows (its caller
+    executes it without reading them again). Returns the finished run's body when this call
+    executed it to its end (else None).
     """
-    claim = run_claim(run_id=UUID(str(run_id)), run=run)
+    if claim is None:
+        claim = run_claim(run_id=UUID(str(run_id)))
     if claim is None:
         logger.info("run_not_claimed", run_id=str(run_id), detail="not queued: finished, running elsewhere or gone")
         return None
@@ -263,8 +280,8 @@ def run_execute(
 def run_execute_in_thread(*, started: RunStart) -> Task:
     """Execute a run just started here on one of this process's run threads (apps/runs/pool.py);
     `wait()` on the result. If the process dies meanwhile, the reaper resumes the run on a worker."""
-    run, steps = started.run, started.steps
-    return pool.submit(lambda: run_execute(run_id=run.pk, run=run, steps=steps))
+    run, claim, steps = started.run, started.claim, started.steps
+    return pool.submit(lambda: run_execute(run_id=run.pk, claim=claim, steps=steps))
 
 
 # --- cancel and retry --------------------------------------------------------------------------

@@ -40,12 +40,14 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(f"--input is not JSON: {exc}") from None
         try:
-            started = run_start(workflow=workflow, actor=Actor(workspace=ws, role=Role.OWNER), input=value, mode=mode)
+            started = run_start(
+                workflow=workflow, actor=Actor(workspace=ws, role=Role.OWNER), input=value, mode=mode, claim=True
+            )
         except Problem as exc:
             details = "".join(f"\n  {e['field']}: {e['message']}" for e in exc.errors or [])
             raise CommandError(f"{exc.detail_text}{details}") from None
         if mode == Run.Mode.SYNC:
-            run_execute(run_id=started.run.pk)
+            run_execute(run_id=started.run.pk, claim=started.claim, steps=started.steps)
         run = Run.objects.select_related("workflow", "workflow_version").get(pk=started.run.pk)
         self.stdout.write(json.dumps(run_body(run), indent=2))
         if run.status in (Run.Status.FAILED, Run.Status.CANCELLED):
