@@ -160,6 +160,13 @@ _HOLD_FIELDS = (
     _field(Budget, "alert_threshold_pct"),
 )
 _BOOKED_FIELDS = (_field(UsageRecord, "cost_usd"),)
+# PostgreSQL only (a data-modifying WITH): reserve in one window and record the hold, in one statement.
+_RESERVE_ONE = (
+    f"WITH held AS (UPDATE {_WINDOWS} SET reserved = reserved + %s WHERE id = %s "
+    f"AND limit_usd >= spent + reserved + %s AND NOT EXISTS (SELECT 1 FROM {_RESERVATIONS} WHERE call_id = %s) "
+    f"RETURNING id) INSERT INTO {_RESERVATIONS} (call_id, window_id, amount, state, created_at) "
+    f"SELECT %s, id, %s, %s, %s FROM held"
+)
 
 
 # --- The ledger ------------------------------------------------------------------------------------
@@ -576,6 +583,13 @@ def budget_reserve(
         ((t.budget, t.window) for t in targets if t.window is not None and t.window.pk is not None),
         key=lambda pair: pair[1].pk,
     )
+    if len(windows) == 1 and windows[0][0].action == Budget.Action.BLOCK and _db().vendor == "postgresql":
+        # The common case (one blocking budget) in one statement, atomic by itself: the conditional
+        # UPDATE and the hold's INSERT together. Not held (a repeat, no room, a deleted budget):
+        # the general path below finds out which and answers accordingly.
+        params = [amount, windows[0][1].pk, amount, call_id, call_id, amount, BudgetReservation.State.HELD]
+        if _execute(_RESERVE_ONE, [*params, timezone.now()]):
+            return
     with transaction.atomic():
         events: list[BudgetEvent] = []
         held: list[int] = []
