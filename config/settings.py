@@ -341,3 +341,10 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "RunStatusEnum": "apps.runs.models.Run.Status",
     "StepRunStatusEnum": "apps.runs.models.StepRun.Status",
 }
+
+# --- run engine performance (issue #6: apps/runs, apps/core/jobs.py) --------------------------------
+# RQ workers execute jobs in their own process (KeelWorker, no fork per job: docs/runs.md). Set
+# KEEL_WORKER_FORK=1 for RQ's work horse per job instead (KeelForkWorker).
+KEEL_WORKER_FORK = env_bool("KEEL_WORKER_FORK", False)
+if KEEL_WORKER_FORK:
+    RQ["WORKER_CLASS"] = "apps.core.jobs.KeelForkWorker"

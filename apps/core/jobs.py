@@ -7,14 +7,17 @@
 - `KeelJob` (RQ `JOB_CLASS`): the `request_id`, `workspace`, `run_id` and `trace_id` bound when the
   job was enqueued travel in `job.meta["log_context"]` and are bound again around the job in the
   worker, so one run's web and worker log lines join up.
-- `KeelWorker` (RQ `WORKER_CLASS`): also enqueues the registered periodic jobs. Each worker ticks
-  at most every second; a Redis `SET NX PX` per job and period lets exactly one worker enqueue it
-  per period, whichever workers are alive. Unlike RQ's scheduler lock (which a killed scheduler
-  holds for a minute or more), this keeps the period even right after a worker is lost.
+- `KeelWorker` (RQ `WORKER_CLASS`): executes jobs in its own process (no work horse per job), and
+  also enqueues the registered periodic jobs. Each worker ticks at most every second; a Redis
+  `SET NX PX` per job and period lets exactly one worker enqueue it per period, whichever workers
+  are alive. Unlike RQ's scheduler lock (which a killed scheduler holds for a minute or more), this
+  keeps the period even right after a worker is lost. `KeelForkWorker` is the same on RQ's forking
+  worker (KEEL_WORKER_FORK=1).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,10 +25,10 @@ from typing import Any
 
 import django_rq
 import structlog
-from django.db import transaction
+from django.db import close_old_connections, transaction
 from redis import Redis
 from rq.job import Job
-from rq.worker import Worker
+from rq.worker import SimpleWorker, Worker
 
 logger = structlog.get_logger(__name__)
 
@@ -132,45 +135,91 @@ def periodic_tick(*, connection: Redis, queue_names: Iterable[str]) -> list[str]
     return enqueued
 
 
-class KeelWorker(Worker):
-    """An RQ worker that also ticks Keel's periodic jobs (not in burst mode)."""
+class _PeriodicTicks:
+    """Keel's periodic jobs from a worker (see the module docstring): a mixin for RQ worker classes."""
 
     TICK_EVERY_S = 1.0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._burst = False
-        self._last_tick = 0.0
-        if self._periodic_here():
-            # Wake often enough, idle or busy, to keep the periods.
-            period = max(1, int(min(job.every_s for job in self._periodic_here())))
-            self.job_monitoring_interval = min(self.job_monitoring_interval, period)
+    _burst = False
+    _last_tick = 0.0
 
     def _periodic_here(self) -> list[PeriodicJob]:
         if not getattr(self, "queues", None):  # asked during Worker.__init__, before queues are set
             return []
-        names = set(self.queue_names())
+        names = set(self.queue_names())  # type: ignore[attr-defined]
         return [job for job in _PERIODIC.values() if job.queue in names]
 
     @property
     def dequeue_timeout(self) -> int:
-        timeout = super().dequeue_timeout
+        timeout = super().dequeue_timeout  # type: ignore[misc]
         jobs = self._periodic_here()
         if jobs:
+            # Wake often enough, when idle, to keep the periods.
             timeout = min(timeout, max(1, int(min(job.every_s for job in jobs))))
-        return timeout
+        return int(timeout)
 
     def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
         self._burst = burst
-        return super().work(burst, *args, **kwargs)
+        return bool(super().work(burst, *args, **kwargs))  # type: ignore[misc]
 
     def heartbeat(self, *args: Any, **kwargs: Any) -> None:
-        super().heartbeat(*args, **kwargs)
+        super().heartbeat(*args, **kwargs)  # type: ignore[misc]
+        self._tick()
+
+    def _tick(self) -> None:
         now = time.monotonic()
         if self._burst or now - self._last_tick < self.TICK_EVERY_S:
             return
         self._last_tick = now
         try:
-            periodic_tick(connection=self.connection, queue_names=self.queue_names())
+            periodic_tick(connection=self.connection, queue_names=self.queue_names())  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - a failed tick must not stop the worker; the next one retries
             logger.exception("periodic_tick_failed")
+
+
+class KeelWorker(_PeriodicTicks, SimpleWorker):
+    """An RQ worker that executes each job in its own process, and ticks Keel's periodic jobs.
+
+    RQ's default forks a work horse per job: tens of milliseconds per job, and a fresh database
+    connection and Django state each time. Here jobs run in the worker's main thread (RQ's
+    SimpleWorker), with its database connection reused between jobs (CONN_MAX_AGE, health checks)
+    and dropped when broken or too old, as around a request. What the fork protected against is
+    covered elsewhere: a run whose worker dies (killed, crashed) is resumed by the reaper; a job
+    past its timeout is stopped by RQ's SIGALRM death penalty in this process; a warm shutdown
+    finishes the current job. While a job executes, a thread keeps ticking the periodic jobs (a
+    busy worker's turn must not lapse). KEEL_WORKER_FORK=1 selects KeelForkWorker instead.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._busy = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def execute_job(self, job: Job, queue: Any) -> None:
+        if self._ticker is None and not self._burst:
+            self._ticker = threading.Thread(target=self._tick_while_busy, name="keel-periodic-ticks", daemon=True)
+            self._ticker.start()
+        close_old_connections()
+        self._busy.set()
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self._busy.clear()
+            close_old_connections()
+
+    def _tick_while_busy(self) -> None:
+        while True:
+            self._busy.wait()
+            time.sleep(self.TICK_EVERY_S)
+            if self._busy.is_set():
+                self._tick()
+
+
+class KeelForkWorker(_PeriodicTicks, Worker):
+    """RQ's forking worker (a work horse per job) with Keel's periodic jobs: KEEL_WORKER_FORK=1."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._periodic_here():
+            # The worker wakes at this interval while its horse works: often enough to keep the periods.
+            period = max(1, int(min(job.every_s for job in self._periodic_here())))
+            self.job_monitoring_interval = min(self.job_monitoring_interval, period)
