@@ -675,6 +675,28 @@ def _holds_sql(states: Sequence[str]) -> str:
     )
 
 
+def _finish_holds_sql(states: Sequence[str]) -> str:
+    """PostgreSQL: lock this call's holds (in window order) and finish them in one statement,
+    answering what _holds_sql answers, with each hold's state from before the update."""
+    return (
+        f"UPDATE {_RESERVATIONS} AS r SET state = %s, actual = %s, finished_at = %s "
+        f"FROM (SELECT id, state FROM {_RESERVATIONS} WHERE call_id = %s AND state IN ({_in(states)}) "
+        "ORDER BY window_id FOR UPDATE) AS before WHERE r.id = before.id "
+        f"RETURNING r.id, r.window_id, r.amount, before.state, (SELECT b.alert_threshold_pct FROM {_WINDOWS} w "
+        f"JOIN {_BUDGETS} b ON b.id = w.budget_id WHERE w.id = r.window_id)"
+    )
+
+
+def _settled_amount(call_id: str, actual: Decimal | None, booked: Decimal | None) -> Decimal | None:
+    """What a hold is finished at: the ledger's cost when the call is booked, else `actual`
+    (None: released)."""
+    if booked is None:
+        return actual
+    if actual is not None and actual != booked:
+        logger.warning("budget_settle_differs_from_ledger", call_id=call_id, actual=str(actual), ledger=str(booked))
+    return Decimal(booked)
+
+
 def _finish(*, call_id: str, actual: Decimal | None, now: dt.datetime, booked: Any = _UNKNOWN) -> None:
     """Settle (`actual` given) or release the holds of `call_id`; `booked` is the call's ledger cost
     when the caller knows it (None: not booked), else it is read here."""
@@ -683,31 +705,33 @@ def _finish(*, call_id: str, actual: Decimal | None, now: dt.datetime, booked: A
         states = [BudgetReservation.State.HELD]
         if actual is not None:
             states.append(BudgetReservation.State.RELEASED)
-        holds = _fetch(_holds_sql(states), [call_id, *states], _HOLD_FIELDS)
-        if not holds:
-            return
-        if booked is _UNKNOWN:
-            rows = _fetch(f"SELECT cost_usd FROM {_LEDGER} WHERE call_id = %s", [call_id], _BOOKED_FIELDS)
-            booked = rows[0][0] if rows else None
-        if booked is not None:
-            if actual is not None and actual != booked:
-                logger.warning(
-                    "budget_settle_differs_from_ledger", call_id=call_id, actual=str(actual), ledger=str(booked)
-                )
-            actual = Decimal(booked)
-        ids = [hold[0] for hold in holds]
-        # The holds (this call's own rows) first, the windows (shared by every call) last: their row
-        # locks are held until commit, so as briefly as possible.
-        if actual is None:
-            _execute(
-                f"UPDATE {_RESERVATIONS} SET state = %s, finished_at = %s WHERE id IN ({_in(ids)})",
-                [BudgetReservation.State.RELEASED, now, *ids],
-            )
+        if booked is not _UNKNOWN and _db().vendor == "postgresql":
+            # The usage_record path: everything about the holds is known up front, one statement.
+            actual = _settled_amount(call_id, actual, booked)
+            state = BudgetReservation.State.RELEASED if actual is None else BudgetReservation.State.SETTLED
+            holds = _fetch(_finish_holds_sql(states), [state, actual, now, call_id, *states], _HOLD_FIELDS)
+            holds.sort(key=lambda hold: hold[1])
         else:
-            _execute(
-                f"UPDATE {_RESERVATIONS} SET state = %s, actual = %s, finished_at = %s WHERE id IN ({_in(ids)})",
-                [BudgetReservation.State.SETTLED, actual, now, *ids],
-            )
+            holds = _fetch(_holds_sql(states), [call_id, *states], _HOLD_FIELDS)
+            if not holds:
+                return
+            if booked is _UNKNOWN:
+                rows = _fetch(f"SELECT cost_usd FROM {_LEDGER} WHERE call_id = %s", [call_id], _BOOKED_FIELDS)
+                booked = rows[0][0] if rows else None
+            actual = _settled_amount(call_id, actual, booked)
+            ids = [hold[0] for hold in holds]
+            # The holds (this call's own rows) first, the windows (shared by every call) last: their
+            # row locks are held until commit, so as briefly as possible.
+            if actual is None:
+                _execute(
+                    f"UPDATE {_RESERVATIONS} SET state = %s, finished_at = %s WHERE id IN ({_in(ids)})",
+                    [BudgetReservation.State.RELEASED, now, *ids],
+                )
+            else:
+                _execute(
+                    f"UPDATE {_RESERVATIONS} SET state = %s, actual = %s, finished_at = %s WHERE id IN ({_in(ids)})",
+                    [BudgetReservation.State.SETTLED, actual, now, *ids],
+                )
         events: list[BudgetEvent] = []
         for _, window_id, amount, state, alert_pct in holds:  # in window order, like every window lock
             if actual is None:
