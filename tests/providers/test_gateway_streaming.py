@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
-from apps.providers.gateway import CallAborted, CallContext, gateway_complete
+from apps.providers.gateway import CallAborted, CallContext, ProviderError, _sse_data, gateway_complete
 from apps.usage.models import UsageRecord
 from tests.support.simulator import sim_model, sim_provider, truncate_after
 
@@ -93,3 +94,39 @@ def test_a_cancelled_run_makes_no_call_at_all(simulator, workspace):
             ctx=CallContext(workspace_id=workspace.pk), model="fast", messages=MESSAGES, should_abort=lambda: True
         )
     assert simulator.calls() == 0 and not UsageRecord.objects.exists()
+
+
+def test_a_stream_that_stalls_past_the_timeout_is_a_provider_timeout_after_its_first_deltas(simulator, workspace):
+    sim_model(sim_provider(simulator, workspace, config={"latency_per_token_ms": 1000}), alias="fast")
+    deltas: list[str] = []
+    with pytest.raises(ProviderError) as failed:
+        gateway_complete(
+            ctx=CallContext(workspace_id=workspace.pk),
+            model="fast",
+            messages=MESSAGES,
+            on_delta=deltas.append,
+            retries=0,
+            timeout_s=0.3,
+        )
+    assert failed.value.code == "provider_timeout" and "while streaming" in str(failed.value)
+    row = UsageRecord.objects.get(call_id=failed.value.call_ids[0])
+    assert (row.status, row.error_code) == ("failed", "provider_timeout")
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b'data: {"a": 1}\n\ndata: {"a": 2}\n\n'],
+        [b'data: {"a": 1}\r\n\r\ndata: {"a": 2}\r\n\r\n'],
+        [b'data: {"a": 1}\r', b"\n\r", b'\ndata: {"a": 2}\r\n', b"\r\n"],  # CRLF split across reads
+        [b'data: {"a": 1}\r\rdata: {"a"', b": 2}\r\r"],
+        [b': keep-alive\n\nevent: chunk\nid: 7\ndata: {"a": 1}\n\n', b'data:{"a": 2}\n\n'],
+        [b'data: {"a": 1}\n\ndata: {"a": 2}\n\ndata: {"a": 3}\n'],  # the stream ends inside an event
+    ],
+)
+def test_server_sent_events_are_read_whatever_the_line_ends_and_read_boundaries(chunks):
+    assert [json.loads(data) for data in _sse_data(iter(chunks))] == [{"a": 1}, {"a": 2}]
+
+
+def test_an_event_of_several_data_lines_is_one_value():
+    assert list(_sse_data(iter([b'data: {"a":\ndata:  1}\n\n']))) == [b'{"a":\n 1}']
