@@ -42,6 +42,7 @@ from django.utils import timezone
 
 from apps.providers.gateway import CallAborted
 from apps.runs import events
+from apps.runs.checkpoint import checkpoint_supported, checkpoint_write
 from apps.runs.heartbeat import Lease, heartbeats
 from apps.runs.models import Run, RunEvent, StepRun
 from apps.runs.serializers import run_body, step_body
@@ -416,12 +417,30 @@ class Executor:
                 saved_usd=run.saved_usd,
                 cache_hits=run.cache_hits,
             )
-        with self._leased(**run_fields) as cancel_pending:
+        if checkpoint_supported():
+            now = timezone.now()
+            for row in rows:
+                row.created_at = now
             if self._unsaved is not None:
-                self._unsaved.save(update_fields=STEP_FIELDS)
-            if rows:
-                RunEvent.objects.bulk_create(rows)
-                transaction.on_commit(lambda: events.wake(pk))
+                self._unsaved.updated_at = now
+            cancel_pending = checkpoint_write(
+                run_id=pk,
+                token=self.token,
+                run_fields=run_fields,
+                step=self._unsaved,
+                step_fields=STEP_FIELDS,
+                events=rows,
+            )
+            if cancel_pending is None:
+                raise LeaseLost
+        else:
+            with self._leased(**run_fields) as cancel_pending:
+                if self._unsaved is not None:
+                    self._unsaved.save(update_fields=STEP_FIELDS)
+                if rows:
+                    RunEvent.objects.bulk_create(rows)
+        if rows:
+            transaction.on_commit(lambda: events.wake(pk))
         self.seq += len(rows)
         self._events.clear()
         self._unsaved = None
