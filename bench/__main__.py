@@ -96,8 +96,14 @@ def main(argv: list[str]) -> int:
                 rows += [dict(r, server=model.name) for r in scenarios.sync_overhead(alt) if r["latency_ms"] == 100]
                 notes += alt.notes
 
+    import subprocess
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     results = {
         "quick": args.quick,
+        "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "duration_s": round(time.time() - started),
         "machine": {

@@ -104,7 +104,8 @@ def render(results: dict[str, Any]) -> str:
         "# Benchmarks",
         "",
         "Written by `make bench` (full) or `make bench-quick` (reduced); the numbers below are from the",
-        f"last run: **{'quick' if results['quick'] else 'full'}**, {results['date']}, {results['duration_s']} s.",
+        f"last run: **{'quick' if results['quick'] else 'full'}**, {results['date']}, {results['duration_s']} s, "
+        f"at commit `{results.get('commit', '?')}`.",
         "Raw numbers: `bench/results.json`.",
         "",
         "## Method",
