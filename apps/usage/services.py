@@ -19,6 +19,7 @@ How a reservation stays exact (see docs/usage.md):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import uuid
@@ -145,6 +146,12 @@ _ROLLUP_UPSERT = (
     f"ON CONFLICT ({', '.join(_ROLLUP_BUCKET)}) DO UPDATE SET "
     + ", ".join(f"{name} = {_ROLLUP}.{name} + excluded.{name}" for name in _ROLLUP_SUMS)
 )
+# PostgreSQL only (a data-modifying WITH): the ledger row and, only if it is new, its rollup, in one
+# statement; it reports one row changed exactly when the ledger row is new.
+_BOOK = f"WITH booked AS ({_LEDGER_INSERT} RETURNING 1) " + _ROLLUP_UPSERT.replace(
+    f"VALUES ({', '.join(['%s'] * (len(_ROLLUP_BUCKET) + len(_ROLLUP_SUMS)))})",
+    f"SELECT {', '.join(['%s'] * (len(_ROLLUP_BUCKET) + len(_ROLLUP_SUMS)))} FROM booked",
+)
 
 
 _BUDGETS = Budget._meta.db_table
@@ -182,10 +189,19 @@ def usage_record(*, call_id: str, settle_budget: bool = False, **fields: Any) ->
     called right after would; a crash between booking and settling can then no longer happen.
     """
     record = UsageRecord(call_id=call_id, **fields)
-    with transaction.atomic():
-        db = _db()
-        params = [f.get_db_prep_save(f.pre_save(record, True), db) for f in _LEDGER_FIELDS]
-        created = bool(_execute(_LEDGER_INSERT, params))
+    db = _db()
+    row = [f.get_db_prep_save(f.pre_save(record, True), db) for f in _LEDGER_FIELDS]
+    # On PostgreSQL the row and its rollup are one statement, atomic by itself (a cache hit's whole
+    # booking). Lock order: the rollup bucket, then the budget windows in id order, in every
+    # transaction that takes both (this is the only one).
+    one_statement = db.vendor == "postgresql" and not settle_budget
+    with contextlib.nullcontext() if one_statement else transaction.atomic():
+        if db.vendor == "postgresql":
+            created = bool(_execute(_BOOK, [*row, *_rollup_values(record)]))
+        else:
+            created = bool(_execute(_LEDGER_INSERT, row))
+            if created:
+                _execute(_ROLLUP_UPSERT, _rollup_values(record))
         if created:
             record._state.adding, record._state.db = False, db.alias
         else:
@@ -195,40 +211,26 @@ def usage_record(*, call_id: str, settle_budget: bool = False, **fields: Any) ->
             _finish(
                 call_id=call_id, actual=record.cost_usd if paid else None, now=timezone.now(), booked=record.cost_usd
             )
-        if created:
-            # Last: the bucket row is shared by every concurrent call, hold its lock the shortest time.
-            # (Windows, then buckets: the one order in which any transaction takes both.)
-            _rollup_add(record)
     return record
 
 
-def _bucket_of(record: UsageRecord) -> dict[str, Any]:
-    return {
-        "workspace_id": record.workspace_id,
-        "hour": record.created_at.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0),
-        "workflow_id": record.workflow_id or NIL_UUID,
-        "model_id": record.model_id,
-        "api_key_id": record.api_key_id or NIL_UUID,
-        "status": record.status,
-        "cache_hit": record.cache_hit,
-    }
-
-
-def _rollup_add(record: UsageRecord) -> None:
-    """Add one ledger row to its hourly bucket (one upsert)."""
-    bucket = _bucket_of(record)
-    _execute(
-        _ROLLUP_UPSERT,
-        [
-            *(bucket[name] for name in _ROLLUP_BUCKET),
-            1,
-            record.input_tokens,
-            record.cached_input_tokens,
-            record.output_tokens,
-            Decimal(record.cost_usd),
-            Decimal(record.saved_usd),
-        ],
-    )
+def _rollup_values(record: UsageRecord) -> list[Any]:
+    """The parameters of _ROLLUP_UPSERT for one new ledger row: its bucket and what it adds."""
+    return [
+        record.workspace_id,
+        record.created_at.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0),
+        record.workflow_id or NIL_UUID,
+        record.model_id,
+        record.api_key_id or NIL_UUID,
+        record.status,
+        record.cache_hit,
+        1,
+        record.input_tokens,
+        record.cached_input_tokens,
+        record.output_tokens,
+        Decimal(record.cost_usd),
+        Decimal(record.saved_usd),
+    ]
 
 
 @transaction.atomic
