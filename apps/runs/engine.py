@@ -41,8 +41,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.providers.gateway import CallAborted
-from apps.runs import events
-from apps.runs.checkpoint import checkpoint_supported, checkpoint_write
+from apps.runs import events, sql
 from apps.runs.heartbeat import Lease, heartbeats
 from apps.runs.models import Run, RunEvent, StepRun
 from apps.runs.serializers import run_body, step_body
@@ -417,13 +416,13 @@ class Executor:
                 saved_usd=run.saved_usd,
                 cache_hits=run.cache_hits,
             )
-        if checkpoint_supported():
+        if sql.supported():
             now = timezone.now()
             for row in rows:
                 row.created_at = now
             if self._unsaved is not None:
                 self._unsaved.updated_at = now
-            cancel_pending = checkpoint_write(
+            cancel_pending = sql.checkpoint_write(
                 run_id=pk,
                 token=self.token,
                 run_fields=run_fields,

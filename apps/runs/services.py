@@ -24,7 +24,7 @@ from apps.accounts.tenancy import Actor
 from apps.core.jobs import enqueue_after_commit
 from apps.core.problems import ConflictProblem, IdempotencyMismatch, ValidationProblem
 from apps.providers.models import Model
-from apps.runs import events
+from apps.runs import events, sql
 from apps.runs.engine import Claim, Executor, error_body, run_claim, run_claim_new, run_timeout_s
 from apps.runs.models import IdempotencyKey, Run, StepRun
 from apps.runs.pool import Task, pool
@@ -151,15 +151,31 @@ def run_start(
         )
     mode = mode or definition.get("default_mode") or Run.Mode.SYNC
     trace_id, traceparent = trace_from(traceparent)
+    # The actor's workspace is the workflow's (the caller scoped it); reusing it saves a read.
+    workspace = actor.workspace if actor.workspace.pk == workflow.workspace_id else workflow.workspace
+    run = Run(
+        workspace=workspace,
+        workflow=workflow,
+        workflow_version=version,
+        mode=mode,
+        input=input,
+        metadata=metadata or {},
+        idempotency_key=idempotency_key or "",
+        api_key=actor.api_key,
+        user=actor.user,
+        request_id=request_id,
+        trace_id=trace_id,
+        traceparent=traceparent,
+    )
+    claimed = None
+    if mode == Run.Mode.ASYNC:
+        run.job_id = f"run-{run.pk}"  # the primary key is made here, so the job id goes with the insert
+    elif claim:
+        # The claim goes with the insert: no second write before the run executes.
+        claimed = run_claim_new(run=run)
+    steps = _steps_build(run=run, version=version)
 
-    with transaction.atomic():
-        record = None
-        if idempotency_key:
-            record, created = _idempotency_claim(
-                workspace_id=workflow.workspace_id, key=idempotency_key, fingerprint=fingerprint
-            )
-            if not created:
-                return _idempotent_repeat(record, fingerprint)
+    def check_budget() -> None:
         # 402 before anything is recorded when a blocking budget is already full (issue #5); the
         # reservation before each call is what holds the limit for runs that pass.
         budget_check(
@@ -168,34 +184,24 @@ def run_start(
             api_key_id=getattr(actor.api_key, "pk", None),
             user_id=getattr(actor.user, "pk", None),
         )
-        # The actor's workspace is the workflow's (the caller scoped it); reusing it saves a read.
-        workspace = actor.workspace if actor.workspace.pk == workflow.workspace_id else workflow.workspace
-        run = Run(
-            workspace=workspace,
-            workflow=workflow,
-            workflow_version=version,
-            mode=mode,
-            input=input,
-            metadata=metadata or {},
-            idempotency_key=idempotency_key or "",
-            api_key=actor.api_key,
-            user=actor.user,
-            request_id=request_id,
-            trace_id=trace_id,
-            traceparent=traceparent,
-        )
-        claimed = None
-        if mode == Run.Mode.ASYNC:
-            run.job_id = f"run-{run.pk}"  # the primary key is made here, so the job id goes with the insert
-        elif claim:
-            # The claim goes with the insert: no second write before the run executes.
-            claimed = run_claim_new(run=run)
-        run.save(force_insert=True)
-        steps = _steps_create(run=run, version=version)
+
+    response = None
+    if not idempotency_key:
+        check_budget()
+        _rows_insert(run=run, steps=steps)  # one statement, committed on its own
         if mode == Run.Mode.ASYNC:
             _enqueue_job(run=run, job_id=run.job_id)
-        response = None
-        if record is not None:
+    else:
+        with transaction.atomic():
+            record, created = _idempotency_claim(
+                workspace_id=workflow.workspace_id, key=idempotency_key, fingerprint=fingerprint
+            )
+            if not created:
+                return _idempotent_repeat(record, fingerprint)
+            check_budget()  # after the key: a repeat gets the first response, not a 402
+            _rows_insert(run=run, steps=steps)
+            if mode == Run.Mode.ASYNC:
+                _enqueue_job(run=run, job_id=run.job_id)
             record.run = run
             if mode == Run.Mode.ASYNC:
                 # The whole first response is known now: store it with the run, so a repeat never sees 409.
@@ -235,7 +241,7 @@ def idempotency_response_store(*, run: Run, status: int, body: dict[str, Any]) -
         )
 
 
-def _steps_create(*, run: Run, version: WorkflowVersion, reuse: dict[str, StepRun] | None = None) -> list[StepRun]:
+def _steps_build(*, run: Run, version: WorkflowVersion, reuse: dict[str, StepRun] | None = None) -> list[StepRun]:
     rows = []
     for index, spec in enumerate(version.definition["steps"]):
         previous = (reuse or {}).get(spec["id"])
@@ -249,7 +255,21 @@ def _steps_create(*, run: Run, version: WorkflowVersion, reuse: dict[str, StepRu
             step.reused_from_id = previous.reused_from_id or previous.pk
             step.started_at = step.finished_at = timezone.now()
         rows.append(step)
-    return StepRun.objects.bulk_create(rows)
+    return rows
+
+
+def _rows_insert(*, run: Run, steps: list[StepRun]) -> None:
+    """Insert a new run and its steps: one statement on PostgreSQL (apps/runs/sql.py). A run
+    created claimed was started now: it is created at the same instant."""
+    if sql.supported():
+        sql.rows_insert([run, *steps], now=run.started_at or timezone.now())
+    else:
+        with transaction.atomic():
+            run.save(force_insert=True)
+            if run.started_at is not None:
+                run.created_at = run.started_at
+                Run.objects.filter(pk=run.pk).update(created_at=run.created_at)
+            StepRun.objects.bulk_create(steps)
 
 
 # --- execute -----------------------------------------------------------------------------------
@@ -335,7 +355,7 @@ def run_retry(*, run: Run, actor: Actor, request_id: str = "") -> Run:
             trace_id=trace_id,
             traceparent=traceparent,
         )
-        _steps_create(run=retry, version=run.workflow_version, reuse=succeeded)
+        StepRun.objects.bulk_create(_steps_build(run=retry, version=run.workflow_version, reuse=succeeded))
         run_enqueue(run=retry, job_id=f"run-{retry.pk}")
     logger.info("run_retried", run_id=str(retry.pk), retry_of=str(run.pk), reused_steps=sorted(succeeded))
     return Run.objects.select_related("workflow", "workflow_version").get(pk=retry.pk)

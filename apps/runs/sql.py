@@ -1,21 +1,23 @@
-"""An executor's write as one PostgreSQL statement: the run row under the lease, a step, events.
+"""The run engine's hot writes as single PostgreSQL statements.
 
-The engine's writes (apps/runs/engine.py) each change the run row (conditional on the executor's
+An executor's write (apps/runs/engine.py) changes the run row (conditional on the executor's
 lease), usually one StepRun and a few RunEvents. Through the ORM that is BEGIN, three or four
 statements and COMMIT: five or six round trips to the database, each costing the web or worker
-process CPU (query compilation, the driver, the loopback socket), plus the wait. Here it is one
-statement with data-modifying CTEs, committed on its own (autocommit): the step and the events
-are written only if the run row was, so the write is all or nothing exactly as the transaction
-was. The run row is updated first (the other parts read its result), so locks are taken in the
-order the reaper takes them.
+process CPU (query compilation, the driver, the loopback socket), plus the wait. `checkpoint_write`
+does it in one statement with data-modifying CTEs, committed on its own (autocommit): the step and
+the events are written only if the run row was, so the write is all or nothing exactly as the
+transaction was. The run row is updated first (the other parts read its result), so locks are
+taken in the order the reaper takes them. `rows_insert` inserts a new run with its steps the same
+way (foreign keys are checked at the end of the statement: Django makes them deferrable).
 
-Values are adapted by the model fields themselves (`get_db_prep_save`), so the columns get what
-`save()` would have written. Other databases (SQLite for the embedded demo) use the ORM path.
+Values are adapted by the model fields themselves (`pre_save`, `get_db_prep_save`), so the columns
+get what the ORM would have written. Other databases (SQLite for the embedded demo) use the ORM.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -25,8 +27,37 @@ from django.db.models import Model
 from apps.runs.models import Run, RunEvent, StepRun
 
 
-def checkpoint_supported() -> bool:
+def supported() -> bool:
     return connection.vendor == "postgresql"
+
+
+def rows_insert(rows: Sequence[Model], *, now: datetime) -> None:
+    """Insert these new instances (any models, in this order) in one statement, as save() would;
+    their auto_now fields get `now` (one clock for the whole statement)."""
+    quote = connection.ops.quote_name
+    params: list[Any] = []
+    parts = []
+    for n, row in enumerate(rows):
+        fields = row._meta.local_concrete_fields
+        values = []
+        for field in fields:
+            values.append("%s")
+            if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+                setattr(row, field.attname, now)
+                value = now
+            else:
+                value = field.pre_save(row, True)
+            params.append(field.get_db_prep_save(value, connection))
+        insert = (
+            f"INSERT INTO {quote(row._meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "
+            f"VALUES ({', '.join(values)})"
+        )
+        parts.append(insert if n == len(rows) - 1 else f"i{n} AS ({insert} RETURNING 1)")
+    sql = (f"WITH {', '.join(parts[:-1])} " if len(parts) > 1 else "") + parts[-1]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+    for row in rows:
+        row._state.adding, row._state.db = False, connection.alias
 
 
 def _assignments(model: type[Model], values: dict[str, Any], params: list[Any]) -> str:
