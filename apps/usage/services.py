@@ -159,7 +159,7 @@ _WINDOWS = BudgetWindow._meta.db_table
 _RESERVATIONS = BudgetReservation._meta.db_table
 _TARGET_FIELDS = (
     *(_field(Budget, name) for name in ("id", "scope", "scope_id", "period", "limit_usd", "action", "created_at")),
-    *(_field(BudgetWindow, name) for name in ("id", "limit_usd", "spent", "reserved")),
+    *(_field(BudgetWindow, name) for name in ("id", "limit_usd", "spent", "reserved", "start")),
 )
 _WINDOW_TOTAL_FIELDS = tuple(_field(BudgetWindow, name) for name in ("limit_usd", "spent", "reserved"))
 _HOLD_FIELDS = (
@@ -167,12 +167,18 @@ _HOLD_FIELDS = (
     _field(Budget, "alert_threshold_pct"),
 )
 _BOOKED_FIELDS = (_field(UsageRecord, "cost_usd"),)
-# PostgreSQL only (a data-modifying WITH): reserve in one window and record the hold, in one statement.
-_RESERVE_ONE = (
-    f"WITH held AS (UPDATE {_WINDOWS} SET reserved = reserved + %s WHERE id = %s "
+# PostgreSQL only (data-modifying WITHs): read the budgets that apply with their windows and, when
+# exactly one applies, is blocking and has an open window, reserve in it and record the hold, all in
+# one statement. Answers the budgets (as _budget_targets does) and whether the hold was taken.
+_RESERVE_FAST = (
+    "WITH t AS ({targets}), "
+    "one AS (SELECT max(window_id) AS window_id FROM t HAVING count(*) = 1 AND bool_and(action = %s)), "
+    f"held AS (UPDATE {_WINDOWS} SET reserved = reserved + %s WHERE id = (SELECT window_id FROM one) "
     f"AND limit_usd >= spent + reserved + %s AND NOT EXISTS (SELECT 1 FROM {_RESERVATIONS} WHERE call_id = %s) "
-    f"RETURNING id) INSERT INTO {_RESERVATIONS} (call_id, window_id, amount, state, created_at) "
-    f"SELECT %s, id, %s, %s, %s FROM held"
+    "RETURNING id), "
+    f"ins AS (INSERT INTO {_RESERVATIONS} (call_id, window_id, amount, state, created_at) "
+    "SELECT %s, id, %s, %s, %s FROM held RETURNING 1) "
+    "SELECT t.*, (SELECT count(*) FROM ins) FROM t ORDER BY budget_id, window_start"
 )
 
 
@@ -453,14 +459,10 @@ class _Target:
     window: BudgetWindow | None
 
 
-def _budget_targets(
+def _targets_query(
     *, workspace_id: UUID, workflow_id: UUID | None, api_key_id: UUID | None, user_id: UUID | None, now: dt.datetime
-) -> list[_Target]:
-    """Every budget that applies to a call, with its current window, in one query (budget id order).
-
-    Read fresh on every call, never cached: a budget created, raised or deleted a moment ago applies
-    to the very next reservation in every process.
-    """
+) -> tuple[str, list[Any]]:
+    """The query of the budgets that apply to a call, each with its open window(s): _TARGET_FIELDS."""
     match = ["b.scope = %s"]
     params: list[Any] = [now, workspace_id, Budget.Scope.WORKSPACE]
     for scope, target in (
@@ -471,16 +473,21 @@ def _budget_targets(
         if target is not None:
             match.append("(b.scope = %s AND b.scope_id = %s)")
             params += [scope, target]
-    rows = _fetch(
-        "SELECT b.id, b.scope, b.scope_id, b.period, b.limit_usd, b.action, b.created_at, "
-        f"w.id, w.limit_usd, w.spent, w.reserved FROM {_BUDGETS} b "
-        f'LEFT JOIN {_WINDOWS} w ON w.budget_id = b.id AND (w."end" IS NULL OR w."end" > %s) '
-        f"WHERE b.workspace_id = %s AND ({' OR '.join(match)}) ORDER BY b.id, w.start",
-        params,
-        _TARGET_FIELDS,
+    sql = (
+        "SELECT b.id AS budget_id, b.scope, b.scope_id, b.period, b.limit_usd AS budget_limit, b.action, "
+        "b.created_at, w.id AS window_id, w.limit_usd AS window_limit, w.spent, w.reserved, w.start AS window_start "
+        f'FROM {_BUDGETS} b LEFT JOIN {_WINDOWS} w ON w.budget_id = b.id AND (w."end" IS NULL OR w."end" > %s) '
+        f"WHERE b.workspace_id = %s AND ({' OR '.join(match)})"
     )
+    return sql, params
+
+
+def _targets_from(rows: list[list[Any]], workspace_id: UUID) -> list[_Target]:
+    """_Targets from rows of the targets query ordered by budget, then window start."""
     targets: dict[UUID, _Target] = {}
-    for budget_id, scope, scope_id, period, limit, action, created_at, window_id, w_limit, spent, reserved in rows:
+    for budget_id, scope, scope_id, period, limit, action, created_at, window_id, w_limit, spent, reserved in (
+        row[:11] for row in rows
+    ):
         budget = Budget(
             id=budget_id,
             workspace_id=workspace_id,
@@ -496,6 +503,20 @@ def _budget_targets(
             window = BudgetWindow(id=window_id, budget=budget, limit_usd=w_limit, spent=spent, reserved=reserved)
         targets[budget_id] = _Target(budget, window)  # ordered by start: the latest open window wins
     return list(targets.values())
+
+
+def _budget_targets(
+    *, workspace_id: UUID, workflow_id: UUID | None, api_key_id: UUID | None, user_id: UUID | None, now: dt.datetime
+) -> list[_Target]:
+    """Every budget that applies to a call, with its current window, in one query (budget id order).
+
+    Read fresh on every call, never cached: a budget created, raised or deleted a moment ago applies
+    to the very next reservation in every process.
+    """
+    sql, params = _targets_query(
+        workspace_id=workspace_id, workflow_id=workflow_id, api_key_id=api_key_id, user_id=user_id, now=now
+    )
+    return _targets_from(_fetch(sql + " ORDER BY budget_id, window_start", params, _TARGET_FIELDS), workspace_id)
 
 
 def _window_totals(window_id: int) -> BudgetWindow | None:
@@ -569,9 +590,19 @@ def budget_reserve(
     if amount < 0:
         raise ValueError(f"a reservation cannot be negative: {amount}")
     now = now or timezone.now()
-    targets = _budget_targets(
-        workspace_id=workspace_id, workflow_id=workflow_id, api_key_id=api_key_id, user_id=user_id, now=now
-    )
+    scope = {"workspace_id": workspace_id, "workflow_id": workflow_id, "api_key_id": api_key_id, "user_id": user_id}
+    if _db().vendor == "postgresql":
+        # The common cases in one statement: no budget applies, or one blocking budget holds the call.
+        sql, params = _targets_query(**scope, now=now)
+        hold = [Budget.Action.BLOCK, amount, amount, call_id, call_id, amount, BudgetReservation.State.HELD]
+        rows = _fetch(_RESERVE_FAST.format(targets=sql), [*params, *hold, timezone.now()], _TARGET_FIELDS)
+        if rows and rows[0][-1]:
+            return
+        # Not held: several budgets, a warn budget, a period not opened yet, a repeat, no room, or a
+        # budget deleted meanwhile. The general path below finds out which and answers accordingly.
+        targets = _targets_from(rows, workspace_id)
+    else:
+        targets = _budget_targets(**scope, now=now)
     if not targets:
         return
     fresh = [t.budget for t in targets if t.window is None]
@@ -585,13 +616,6 @@ def budget_reserve(
         ((t.budget, t.window) for t in targets if t.window is not None and t.window.pk is not None),
         key=lambda pair: pair[1].pk,
     )
-    if len(windows) == 1 and windows[0][0].action == Budget.Action.BLOCK and _db().vendor == "postgresql":
-        # The common case (one blocking budget) in one statement, atomic by itself: the conditional
-        # UPDATE and the hold's INSERT together. Not held (a repeat, no room, a deleted budget):
-        # the general path below finds out which and answers accordingly.
-        params = [amount, windows[0][1].pk, amount, call_id, call_id, amount, BudgetReservation.State.HELD]
-        if _execute(_RESERVE_ONE, [*params, timezone.now()]):
-            return
     with transaction.atomic():
         events: list[BudgetEvent] = []
         held: list[int] = []
