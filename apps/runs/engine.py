@@ -101,6 +101,12 @@ class Claim:
 
 def run_claim(*, run_id: UUID) -> Claim | None:
     """Move a queued run to running with a fresh lease, or None when it is not (or no longer) queued."""
+    if sql.supported():
+        token, now = uuid4(), timezone.now()
+        claimed_run = sql.claim_update(
+            run_id=run_id, token=token, now=now, default_timeout_s=settings.KEEL_RUN_DEFAULT_TIMEOUT_S
+        )
+        return None if claimed_run is None else Claim(run=claimed_run, token=token)
     run = Run.objects.select_related("workflow", "workflow_version", "workspace").filter(pk=run_id).first()
     if run is None or run.status != Run.Status.QUEUED:
         return None

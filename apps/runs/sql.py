@@ -16,15 +16,20 @@ get what the ORM would have written. Other databases (SQLite for the embedded de
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from django.db import connection
 from django.db.models import Model
 
+from apps.accounts.models import Workspace
 from apps.runs.models import Run, RunEvent, StepRun
+from apps.workflows.models import Workflow, WorkflowVersion
+
+M = TypeVar("M", bound=Model)
 
 
 def supported() -> bool:
@@ -123,3 +128,56 @@ def checkpoint_write(
         cursor.execute("".join(sql), params)
         row = cursor.fetchone()
     return None if row is None else bool(row[0])
+
+
+def claim_update(*, run_id: UUID, token: UUID, now: datetime, default_timeout_s: float) -> Run | None:
+    """Claim a queued run in one statement (None when it is not queued): the conditional UPDATE
+    returns the run with what executing it needs of its workflow, version and workspace, so the
+    claim needs no read before it. The deadline is the definition's `limits.timeout_s` (else the
+    default) from now, as engine.run_timeout_s computes it."""
+    quote = connection.ops.quote_name
+    sql = (
+        f"UPDATE {quote(Run._meta.db_table)} AS r SET status = %s, lease_token = %s, heartbeat_at = %s, "
+        "executions = r.executions + 1, started_at = COALESCE(r.started_at, %s), "
+        "deadline_at = COALESCE(r.deadline_at, %s + make_interval(secs => "
+        "COALESCE(NULLIF((v.definition #>> '{limits,timeout_s}')::float8, 0), %s))) "
+        f"FROM {quote(WorkflowVersion._meta.db_table)} AS v, {quote(Workflow._meta.db_table)} AS w, "
+        f"{quote(Workspace._meta.db_table)} AS ws "
+        "WHERE r.id = %s AND r.status = %s AND v.id = r.workflow_version_id AND w.id = r.workflow_id "
+        "AND ws.id = r.workspace_id "
+        "RETURNING r.*, w.slug AS keel_workflow_slug, ws.slug AS keel_workspace_slug, "
+        "v.number AS keel_version_number, v.definition::text AS keel_definition"
+    )
+    params = [Run.Status.RUNNING, token, now, now, now, default_timeout_s, run_id, Run.Status.QUEUED]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        columns = [column.name for column in cursor.description]
+    values = dict(zip(columns, row, strict=True))
+    names, run_values = [], []
+    for field in Run._meta.concrete_fields:  # from_db takes the values in this order
+        convert = getattr(field, "from_db_value", None)
+        value = values[field.column]
+        names.append(field.attname)
+        run_values.append(convert(value, None, connection) if convert is not None else value)
+    run = Run.from_db(connection.alias, names, run_values)
+    run.workspace = _partial(Workspace, id=run.workspace_id, slug=values["keel_workspace_slug"])
+    run.workflow = _partial(
+        Workflow, id=run.workflow_id, slug=values["keel_workflow_slug"], workspace_id=run.workspace_id
+    )
+    run.workflow_version = _partial(
+        WorkflowVersion,
+        id=run.workflow_version_id,
+        workflow_id=run.workflow_id,
+        number=values["keel_version_number"],
+        definition=json.loads(values["keel_definition"]),
+    )
+    return run
+
+
+def _partial(model: type[M], **values: Any) -> M:
+    """An instance with these fields loaded (the others deferred, read on access, as with only())."""
+    fields = [field for field in model._meta.concrete_fields if field.attname in values]  # from_db's order
+    return model.from_db(connection.alias, [f.attname for f in fields], [values[f.attname] for f in fields])

@@ -4,11 +4,15 @@ step count adds. (A regression here is a slower run for every user.)"""
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 
 from apps.accounts.models import Role
 from apps.accounts.tenancy import Actor
+from apps.runs.engine import run_claim
 from apps.runs.models import Run, RunEvent
 from apps.runs.services import run_execute, run_start
+from apps.workflows.services import workflow_create
+from tests.runs.conftest import transform_definition
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,11 +33,27 @@ def test_a_run_started_here_executes_in_one_statement_per_step(workspace, shout,
     assert [t for _, t in seqs][0] == "run.started" and [t for _, t in seqs][-1] == "run.finished"
 
 
-def test_a_queued_run_is_claimed_and_read_in_three_statements(workspace, shout, django_assert_num_queries):
+def test_a_queued_run_is_claimed_and_read_in_two_statements(workspace, shout, django_assert_num_queries):
     run = run_start(
         workflow=shout, actor=Actor(workspace=workspace, role=Role.OWNER), input={"text": "hi"}, mode="sync"
     ).run
-    # The claim reads the run and updates it conditionally; the executor reads the steps.
-    with django_assert_num_queries(3 + 3):
+    # The claim is one conditional UPDATE returning what execution needs; the executor reads the steps.
+    with django_assert_num_queries(2 + 3):
         run_execute(run_id=run.pk)
-    assert Run.objects.get(pk=run.pk).status == "succeeded"
+    run = Run.objects.get(pk=run.pk)
+    assert run.status == "succeeded" and run.executions == 1
+    assert (run.deadline_at - run.started_at).total_seconds() == settings.KEEL_RUN_DEFAULT_TIMEOUT_S
+
+
+def test_the_claim_sets_the_deadline_from_the_definitions_time_limit(workspace):
+    workflow = workflow_create(workspace=workspace, definition=transform_definition(limits={"timeout_s": 42.5}))
+    run = run_start(
+        workflow=workflow, actor=Actor(workspace=workspace, role=Role.OWNER), input={"text": "hi"}, mode="async"
+    ).run
+    claim = run_claim(run_id=run.pk)
+    assert claim is not None and run_claim(run_id=run.pk) is None  # claimed once
+    stored = Run.objects.get(pk=run.pk)
+    assert (stored.deadline_at - stored.started_at).total_seconds() == 42.5
+    assert (stored.status, stored.lease_token, stored.executions) == ("running", claim.token, 1)
+    assert claim.run.workflow.slug == "shout" and claim.run.workspace.slug == "acme"
+    assert claim.run.workflow_version.definition["limits"] == {"timeout_s": 42.5}
