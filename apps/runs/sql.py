@@ -8,7 +8,9 @@ does it in one statement with data-modifying CTEs, committed on its own (autocom
 the events are written only if the run row was, so the write is all or nothing exactly as the
 transaction was. The run row is updated first (the other parts read its result), so locks are
 taken in the order the reaper takes them. `rows_insert` inserts a new run with its steps the same
-way (foreign keys are checked at the end of the statement: Django makes them deferrable).
+way (foreign keys are checked at the end of the statement: Django makes them deferrable), and
+`claim_update` claims a queued run with one conditional UPDATE that returns what executing it
+needs, instead of a read and then the update.
 
 Values are adapted by the model fields themselves (`pre_save`, `get_db_prep_save`), so the columns
 get what the ORM would have written. Other databases (SQLite for the embedded demo) use the ORM.
