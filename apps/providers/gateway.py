@@ -283,7 +283,7 @@ def gateway_complete(
                 if aborted():
                     raise CallAborted("the call was cancelled before its next attempt")
                 call_id = ids.next()
-                usage_services.budget_reserve(
+                holds = usage_services.budget_reserve(
                     call_id=call_id,
                     amount=worst_case_cost_usd(prices=prices, prompt_tokens=prompt_estimate, max_output_tokens=max_out),
                     workspace_id=ctx.workspace_id,
@@ -331,7 +331,7 @@ def gateway_complete(
                 output_tokens=outcome.output_tokens,
             )
             total_cost += cost
-            _book(ctx, candidate, call_id, ids.n, outcome, cost, latency_ms)  # and settles its budget hold
+            _book(ctx, candidate, call_id, ids.n, outcome, cost, latency_ms, settle_budget=holds)
             if outcome.callback_error is not None or outcome.aborted:
                 breaker.breaker_probe_release(candidate.pk)  # the model's health was not the question
                 if outcome.callback_error is not None:
@@ -712,15 +712,24 @@ def _counts_against_model(outcome: _Attempt) -> bool:
 
 
 def _book(
-    ctx: CallContext, model: Model, call_id: str, n: int, outcome: _Attempt, cost: Decimal, latency_ms: int
+    ctx: CallContext,
+    model: Model,
+    call_id: str,
+    n: int,
+    outcome: _Attempt,
+    cost: Decimal,
+    latency_ms: int,
+    *,
+    settle_budget: bool,
 ) -> None:
     prices = Prices.of(model)
     http_status = outcome.http_status if outcome.http_status is not None else (200 if outcome.ok else None)
-    # One transaction: the ledger row, its rollup, and the attempt's budget hold settled at the
-    # booked cost (released when the attempt failed without a cost).
+    # One transaction: the ledger row, its rollup, and the attempt's budget hold (when it took one)
+    # settled at the booked cost, or released when the attempt failed without a cost. Without a
+    # hold the booking is a single statement.
     usage_services.usage_record(
         call_id=call_id,
-        settle_budget=True,
+        settle_budget=settle_budget,
         workspace_id=ctx.workspace_id,
         model=model,
         model_alias=model.alias,

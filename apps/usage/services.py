@@ -578,13 +578,15 @@ def budget_reserve(
     api_key_id: UUID | None = None,
     user_id: UUID | None = None,
     now: dt.datetime | None = None,
-) -> None:
+) -> bool:
     """Reserve `amount` in every budget window that applies to this call, or raise BudgetExceeded.
 
     All-or-nothing: one transaction, one conditional UPDATE per blocking window
     (`spent + reserved + amount <= limit`), windows in primary key order. Warn budgets take the
     reservation unconditionally and record a BudgetEvent when it goes over their limit.
     Idempotent on call_id: a call that already holds (or held) reservations reserves nothing more.
+    Returns whether the call holds reservations (False: no budget applies): only then is there a
+    hold to settle after the call.
     """
     amount = Decimal(amount)
     if amount < 0:
@@ -597,14 +599,14 @@ def budget_reserve(
         hold = [Budget.Action.BLOCK, amount, amount, call_id, call_id, amount, BudgetReservation.State.HELD]
         rows = _fetch(_RESERVE_FAST.format(targets=sql), [*params, *hold, timezone.now()], _TARGET_FIELDS)
         if rows and rows[0][-1]:
-            return
+            return True
         # Not held: several budgets, a warn budget, a period not opened yet, a repeat, no room, or a
         # budget deleted meanwhile. The general path below finds out which and answers accordingly.
         targets = _targets_from(rows, workspace_id)
     else:
         targets = _budget_targets(**scope, now=now)
     if not targets:
-        return
+        return False
     fresh = [t.budget for t in targets if t.window is None]
     if fresh:
         # The first call of a period (or of a new budget) opens its window, race-free.
@@ -638,7 +640,7 @@ def budget_reserve(
             else:
                 if not repeat_ruled_out:
                     if _fetch(f"SELECT 1 FROM {_RESERVATIONS} WHERE call_id = %s", [call_id], ()):
-                        return  # reserved before: nothing more (nothing was changed by this call yet)
+                        return True  # reserved before: nothing more (nothing was changed by this call yet)
                     repeat_ruled_out = True
                 current = _window_totals(window.pk)
                 if current is None:
@@ -659,6 +661,7 @@ def budget_reserve(
                 [v for window_id in held for v in (call_id, window_id, amount, BudgetReservation.State.HELD, created)],
             )
         _events_record(events)
+    return bool(held)
 
 
 def budget_settle(*, call_id: str, actual: Decimal, now: dt.datetime | None = None) -> None:
