@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from pathlib import Path
 
 import dj_database_url
@@ -270,6 +271,8 @@ LOG_LEVEL = env_choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO
 DJANGO_STRUCTLOG_CELERY_ENABLED = False
 # RequestIdMiddleware has already validated (or replaced) the incoming X-Request-ID.
 DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True
+# request_finished carries everything request_started does plus the outcome; one line per request at INFO.
+DJANGO_STRUCTLOG_STATUS_START_LOG_LEVEL = logging.DEBUG
 
 from apps.core.logging import build_logging_config, configure_structlog  # noqa: E402
 

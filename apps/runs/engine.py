@@ -242,7 +242,9 @@ class Executor:
             self.steps = list(StepRun.objects.filter(run=run))
         steps = {step.step_id: step for step in self.steps}
         context: dict[str, Any] = {"input": run.input, "steps": {}, "run": self._run_context()}
-        logger.info("run_started", execution=run.executions, workflow=run.workflow.slug)
+        # Per-run lines at INFO are the outcome (run_finished) and each provider call; the rest are DEBUG
+        # because every JSON line costs the web process CPU on every run (docs/operations.md, Logs).
+        logger.debug("run_started", execution=run.executions, workflow=run.workflow.slug)
         # Written with the first write of this execution (a step's start, or the end).
         self._event(
             events.RUN_STARTED,
@@ -466,7 +468,7 @@ class Executor:
         self._delta_answer = 1
         self._delta_flushed_at = time.monotonic()
         self._delta_sent_any = False
-        logger.info("step_started", step=step.step_id, type=step.type, execution=step.executions)
+        logger.debug("step_started", step=step.step_id, type=step.type, execution=step.executions)
 
     def note_call(self, step: StepRun, call_id: str) -> None:
         """Commit the call id before the request goes out (we are outside any transaction here)."""
@@ -519,7 +521,9 @@ class Executor:
         self._totals()
         self._event(events.STEP_FINISHED, {"step": step.step_id, **step_body(step)})
         self._current = None
-        logger.info("step_finished", step=step.step_id, status=status, cost_usd=str(step.cost_usd))
+        # A step that did not succeed is worth a line at INFO; a succeeding one is in run_finished.
+        log = logger.debug if status == StepRun.Status.SUCCEEDED else logger.info
+        log("step_finished", step=step.step_id, status=status, cost_usd=str(step.cost_usd))
 
     def _totals(self) -> None:
         """The run's totals from its steps, all of which this executor holds (no other writer has them)."""

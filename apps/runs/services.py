@@ -291,7 +291,7 @@ def run_execute(
         logger.info("run_not_claimed", run_id=str(run_id), detail="not queued: finished, running elsewhere or gone")
         return None
     with structlog.contextvars.bound_contextvars(**_log_context(claim.run)):
-        logger.info("run_claimed", execution=claim.run.executions)
+        logger.debug("run_claimed", execution=claim.run.executions)
         executor = Executor(claim, steps=steps)
         executor.execute()
         return executor.body

@@ -17,12 +17,12 @@ def _request_ids(caplog: pytest.LogCaptureFixture) -> list[str | None]:
 
 def test_every_log_line_of_a_request_carries_its_request_id(client, workspace, caplog):
     token = api_key_issue(workspace=workspace, name="k").token
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.DEBUG):
         response = client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {token}")
     request_id = response["X-Request-ID"]
     assert len(request_id) == 32
     ids = _request_ids(caplog)
-    assert len(ids) >= 2  # request_started and request_finished at least
+    assert len(ids) >= 2  # request_started (DEBUG) and request_finished at least
     assert set(ids) == {request_id}
 
 

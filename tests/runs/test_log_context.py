@@ -37,7 +37,8 @@ def test_a_workers_log_lines_for_a_run_carry_the_run_workspace_and_request_id(wo
 
     lines = [e for e in worker.log_events() if str(e.get("job_id", "")).startswith(f"run-{run_id}")]
     events = {e["event"] for e in lines}
-    assert {"run_claimed", "run_started", "step_started", "provider_call", "step_finished", "run_finished"} <= events
+    # At INFO (the workers' level here) a succeeding run logs its provider calls and its outcome.
+    assert {"provider_call", "run_finished"} <= events
     for line in lines:
         assert line.get("run_id") == run_id, line
         assert line.get("workspace") == "acme", line
@@ -46,7 +47,7 @@ def test_a_workers_log_lines_for_a_run_carry_the_run_workspace_and_request_id(wo
 
 
 def test_a_sync_runs_log_lines_in_the_web_process_carry_the_same_context(workspace, triage, caplog):
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.DEBUG):
         body = (
             key_client(workspace)
             .post(
