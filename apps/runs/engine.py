@@ -157,6 +157,9 @@ class _StepContext:
         self.user_id = run.user_id
         self.traceparent = run.traceparent or None
         self.template_context = template_context
+        # A sync run's caller reads the finished body; anyone following its events gets the answer
+        # as one delta, and a cancel takes effect when the current provider call returns.
+        self.wants_deltas = run.mode != Run.Mode.SYNC
 
     def call_key(self, call: int) -> str:
         # Stable per run, step, execution and call: ledger ids are `{call_key}-{attempt}` (<= 64 chars).

@@ -47,6 +47,9 @@ class StepContext(Protocol):
     user_id: UUID | None
     traceparent: str | None
     template_context: Mapping[str, Any]
+    # False for a sync run: its caller waits for the whole answer, so the step asks the provider
+    # for it in one response rather than a stream (less CPU per call; no token deltas).
+    wants_deltas: bool
 
     def call_key(self, call: int) -> str:
         """A stable prefix for the ledger ids of this step's `call`-th gateway call in this execution."""

@@ -166,7 +166,7 @@ class LlmStep(StepType):
                 cache=_cache_policy(step.get("cache")),
                 retries=step.get("retries"),  # None: the provider's max_retries
                 timeout_s=timeout,
-                on_delta=on_delta,
+                on_delta=on_delta if ctx.wants_deltas else None,
                 should_abort=ctx.should_abort,
                 call_key=ctx.call_key(call),
                 on_attempt=ctx.on_attempt,
