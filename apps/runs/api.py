@@ -9,7 +9,6 @@ import django_filters
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpResponseBase
-from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
@@ -31,7 +30,7 @@ from apps.runs.services import (
     run_start,
 )
 from apps.runs.streaming import EventStreamRenderer, run_event_stream, sse_response
-from apps.workflows.models import Workflow
+from apps.workflows.selectors import workflow_get
 
 
 def _problem(what: str) -> OpenApiResponse:
@@ -111,7 +110,7 @@ class WorkflowRunsView(APIView):
     )
     def post(self, request: Request, slug: str) -> HttpResponseBase:
         actor = get_actor(request)
-        workflow = get_object_or_404(Workflow.objects.for_workspace(actor.workspace), slug=slug)
+        workflow = workflow_get(workspace_id=actor.workspace.pk, slug=slug)
         if not isinstance(request.data, dict):
             raise ValidationProblem(
                 "The body is a JSON object.", errors=[{"field": None, "message": "expected an object"}]

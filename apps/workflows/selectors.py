@@ -7,7 +7,9 @@ from collections import OrderedDict
 from uuid import UUID
 
 from django.db.models import OuterRef, QuerySet, Subquery
+from django.http import Http404
 
+from apps.core.rows import RowReader
 from apps.providers.models import Model
 from apps.workflows.models import Workflow, WorkflowVersion
 
@@ -15,6 +17,18 @@ from apps.workflows.models import Workflow, WorkflowVersion
 def model_aliases(*, workspace_id: UUID) -> set[str]:
     """The model aliases a definition saved in this workspace may name."""
     return set(Model.objects.filter(workspace_id=workspace_id).values_list("alias", flat=True))
+
+
+_BY_SLUG = RowReader(Workflow, where="t0.workspace_id = %s AND t0.slug = %s", limit=1)
+
+
+def workflow_get(*, workspace_id: UUID, slug: str) -> Workflow:
+    """The workspace's workflow with this slug (Http404 if none): a statement built once, as every
+    run start looks its workflow up."""
+    workflow = _BY_SLUG.first([_BY_SLUG.param("workspace", workspace_id), slug])
+    if workflow is None:
+        raise Http404("No such workflow in this workspace.")
+    return workflow
 
 
 def workflow_with_definition(queryset: QuerySet[Workflow]) -> QuerySet[Workflow]:
