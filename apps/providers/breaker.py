@@ -13,6 +13,7 @@ breaker must not take every model down with it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from uuid import UUID
 
 import structlog
@@ -31,23 +32,36 @@ def _keys(model_id: UUID | str) -> tuple[str, str, str]:
     return f"{prefix}:failures", f"{prefix}:open", f"{prefix}:probe"
 
 
-def breaker_allow(model_id: UUID | str) -> bool:
-    """True if a call may go to this model now (closed, or this caller won the half-open probe)."""
+@dataclass(frozen=True)
+class BreakerCheck:
+    allowed: bool
+    # Nothing to reset on success: no failures were counted and this caller is not the probe. The
+    # gateway then skips breaker_success, a Redis round trip on every successful call otherwise.
+    clean: bool
+
+
+def breaker_check(model_id: UUID | str) -> BreakerCheck:
+    """May a call go to this model now (closed, or this caller won the half-open probe)?"""
     failures_key, open_key, probe_key = _keys(model_id)
     try:
         redis = get_redis()
         # One round trip on the common path (every call asks this).
         is_open, failures_count = redis.mget(open_key, failures_key)
         if is_open is not None:
-            return False
+            return BreakerCheck(allowed=False, clean=False)
         failures = int(failures_count or 0)
         if failures < settings.KEEL_BREAKER_FAILURE_THRESHOLD:
-            return True
+            return BreakerCheck(allowed=True, clean=failures == 0)
         ttl_ms = int(settings.KEEL_BREAKER_PROBE_TTL_S * 1000)
-        return bool(redis.set(probe_key, "1", nx=True, px=ttl_ms))
+        return BreakerCheck(allowed=bool(redis.set(probe_key, "1", nx=True, px=ttl_ms)), clean=False)
     except RedisError as exc:
         logger.warning("breaker_unavailable", model_id=str(model_id), error=str(exc))
-        return True
+        return BreakerCheck(allowed=True, clean=False)
+
+
+def breaker_allow(model_id: UUID | str) -> bool:
+    """True if a call may go to this model now (closed, or this caller won the half-open probe)."""
+    return breaker_check(model_id).allowed
 
 
 def breaker_success(model_id: UUID | str) -> None:

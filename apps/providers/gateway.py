@@ -257,7 +257,8 @@ def gateway_complete(
                 return _serve_hit(
                     ctx, candidate, hit, ids, on_delta, position, total_cost, attempts, started, response_schema
                 )
-        if not breaker.breaker_allow(candidate.pk):
+        check = breaker.breaker_check(candidate.pk)
+        if not check.allowed:
             logger.info("provider_call_skipped", model=candidate.alias, reason="circuit_open")
             failures.append(f"{candidate.alias}: circuit open (skipped during cool-down)")
             last = _Attempt(ok=False, code="provider_unavailable", message="circuit open")
@@ -338,7 +339,8 @@ def gateway_complete(
                     raise outcome.callback_error
                 raise CallAborted("the call was cancelled while the model was answering")
             if outcome.ok:
-                breaker.breaker_success(candidate.pk)
+                if not check.clean:
+                    breaker.breaker_success(candidate.pk)
                 if stream is False and on_delta is not None and outcome.content:
                     on_delta(outcome.content)  # a model that cannot stream still feeds the stream, once
                 parsed = _parse_json(outcome.content) if response_schema is not None else None
@@ -363,7 +365,10 @@ def gateway_complete(
                 )
             last = outcome
             partial_delivered = outcome.streamed_any
-            opened = breaker.breaker_failure(candidate.pk) if _counts_against_model(outcome) else False
+            opened = False
+            if _counts_against_model(outcome):
+                opened = breaker.breaker_failure(candidate.pk)
+                check = breaker.BreakerCheck(allowed=True, clean=False)  # a later success resets this count
             if try_number == model_retries:
                 failures.append(f"{candidate.alias}: {outcome.message} (after {try_number + 1} attempt(s))")
                 break
