@@ -96,6 +96,15 @@ def main(argv: list[str]) -> int:
                 rows += [dict(r, server=model.name) for r in scenarios.sync_overhead(alt) if r["latency_ms"] == 100]
                 notes += alt.notes
 
+        # Where a run's CPU goes (bench/profile.py): one worker, so py-spy sees every run.
+        print("[bench] profile of sync runs (py-spy)", flush=True)
+        from bench import profile
+
+        with stack.web(env, stack.gthread(1, 16)) as web:
+            profiled = profile.measure(
+                web.url, web.pid, principal.token, slug="sync-0", runs=100 if args.quick else 400, same_input=False
+            )
+
     import subprocess
 
     commit = subprocess.run(
@@ -115,6 +124,7 @@ def main(argv: list[str]) -> int:
         "primary_server": primary.name,
         "rows": rows,
         "notes": notes,
+        "profile": profiled,
     }
     (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     text = report.render(results)

@@ -20,12 +20,51 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import load, stack
 
 SHOWN = re.compile(
     r"\((apps/|rest_framework/views\.py|openai/_base_client\.py|structlog/stdlib\.py|django/core/handlers/base\.py)"
 )
+
+
+def measure(web_url: str, web_pid: int, token: str, *, slug: str, runs: int, same_input: bool) -> dict[str, Any]:
+    """Profile sync runs against a running one-worker gthread server; the result bench reports."""
+    import httpx
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        raise RuntimeError("py-spy is not installed (pip install -r requirements-dev.txt)")
+    out = stack.VAR / "profile.txt"
+    client = httpx.Client(base_url=f"{web_url}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+    def run(i: int) -> None:
+        text = "the same question" if same_input else f"question {i} {time.time_ns()}"
+        response = client.post(f"/workflows/{slug}/runs/", json={"input": {"text": text}, "mode": "sync"})
+        if response.status_code != 200 or response.json().get("status") != "succeeded":
+            raise RuntimeError(f"{response.status_code} {response.text[:300]}")
+
+    for i in range(50):  # warm-up: connections, caches, prepared statements
+        run(i)
+    worker = int(subprocess.run(["pgrep", "-P", str(web_pid)], capture_output=True, text=True).stdout.split()[0])
+    sampler = subprocess.Popen(
+        [spy, "record", "-p", str(worker), "-r", "500", "-f", "raw", "-o", str(out), "--nonblocking", "--gil"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.5)
+    cpu0, t0 = load.cpu_seconds(worker), time.perf_counter()
+    for i in range(runs):
+        run(i)
+    cpu = (load.cpu_seconds(worker) - cpu0) * 1000 / runs
+    wall = (time.perf_counter() - t0) * 1000 / runs
+    sampler.send_signal(signal.SIGINT)
+    sampler.wait(timeout=60)
+    client.close()
+    total, shares = inclusive(out)
+    top = [(frame, round(100 * n / total, 1)) for frame, n in shares.most_common() if SHOWN.search(frame)]
+    return {"slug": slug, "runs": runs, "cpu_ms_per_run": cpu, "wall_ms_per_run": wall, "samples": total, "top": top}
 
 
 def main(argv: list[str]) -> int:
@@ -35,10 +74,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--same-input", action="store_true", help="the same input every run (cache hits)")
     parser.add_argument("--top", type=int, default=45)
     args = parser.parse_args(argv)
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(spy).exists():
-        print("py-spy is not installed (pip install -r requirements-dev.txt)", file=sys.stderr)
-        return 2
 
     env = stack.bench_env()
     os.environ.update(env)
@@ -46,50 +81,27 @@ def main(argv: list[str]) -> int:
     import django
 
     django.setup()
-    import httpx
-
     from bench import fixtures
 
     principal = fixtures.create_principal()
-    out = stack.VAR / "profile.txt"
     with stack.simulator(env) as sim, stack.web(env, stack.gthread(1, 16)) as web:
         fixtures.create_resources(web.url, principal.token, sim.url)
-        client = httpx.Client(
-            base_url=f"{web.url}/api/v1", headers={"Authorization": f"Bearer {principal.token}"}, timeout=60
-        )
-
-        def run(i: int) -> None:
-            text = "the same question" if args.same_input else f"question {i} {time.time_ns()}"
-            response = client.post(f"/workflows/{args.slug}/runs/", json={"input": {"text": text}, "mode": "sync"})
-            if response.status_code != 200 or response.json().get("status") != "succeeded":
-                raise RuntimeError(f"{response.status_code} {response.text[:300]}")
-
-        for i in range(50):  # warm-up: connections, caches, prepared statements
-            run(i)
-        worker = int(subprocess.run(["pgrep", "-P", str(web.pid)], capture_output=True, text=True).stdout.split()[0])
-        sampler = subprocess.Popen(
-            [spy, "record", "-p", str(worker), "-r", "500", "-f", "raw", "-o", str(out), "--nonblocking", "--gil"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(1.5)
-        cpu0, t0 = load.cpu_seconds(worker), time.perf_counter()
-        for i in range(args.runs):
-            run(i)
-        cpu = (load.cpu_seconds(worker) - cpu0) * 1000 / args.runs
-        wall = (time.perf_counter() - t0) * 1000 / args.runs
-        sampler.send_signal(signal.SIGINT)
-        sampler.wait(timeout=60)
-    print(f"{args.slug}: {args.runs} sync runs, one at a time; web worker CPU {cpu:.2f} ms per run, wall {wall:.2f} ms")
-    total, shares = inclusive(out)
-    print(f"share of {total} GIL-holding samples (inclusive):")
-    for frame, n in shares.most_common():
-        if SHOWN.search(frame):
-            print(f"  {100 * n / total:5.1f}%  {frame}")
-            args.top -= 1
-            if args.top <= 0:
-                break
+        result = measure(web.url, web.pid, principal.token, slug=args.slug, runs=args.runs, same_input=args.same_input)
+    print("\n".join(lines(result, args.top)))
     return 0
+
+
+def lines(result: dict[str, Any], top: int = 45) -> list[str]:
+    out = [
+        f"`{result['slug']}`: {result['runs']} sync runs one at a time against one gunicorn gthread worker: "
+        f"{result['cpu_ms_per_run']:.2f} ms of the worker's CPU and {result['wall_ms_per_run']:.2f} ms wall per run. "
+        f"Share of {result['samples']} GIL-holding samples under each function (inclusive):",
+        "",
+        "| share | function |",
+        "|---|---|",
+    ]
+    out += [f"| {pct:.1f}% | `{frame}` |" for frame, pct in result["top"][:top]]
+    return out
 
 
 def inclusive(path: Path) -> tuple[int, collections.Counter[str]]:

@@ -203,6 +203,10 @@ def render(results: dict[str, Any]) -> str:
             "",
         ]
     out += ["## Server model", "", *server_model_section(results), ""]
+    if results.get("profile"):
+        from bench.profile import lines
+
+        out += ["## Where the time goes", "", *lines(results["profile"], 40), ""]
     if results["notes"]:
         out += ["## Notes", "", *[f"- {n}" for n in results["notes"]], ""]
     return "\n".join(out)
