@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Model
 
 from apps.accounts.models import Workspace
@@ -38,33 +38,46 @@ def supported() -> bool:
     return connection.vendor == "postgresql"
 
 
+_INSERTS: dict[type[Model], tuple[list[Any], str, list[bool]]] = {}
+
+
+def _insert_of(model: type[Model]) -> tuple[list[Any], str, list[bool]]:
+    """A model's concrete fields, its `INSERT ... VALUES (%s, ...)` and which fields are auto_now,
+    worked out once per process (a run's insert is on the path from the request to its start)."""
+    cached = _INSERTS.get(model)
+    if cached is None:
+        quote = connection.ops.quote_name
+        fields = list(model._meta.local_concrete_fields)
+        text = (
+            f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))})"
+        )
+        auto = [bool(getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)) for f in fields]
+        cached = _INSERTS[model] = (fields, text, auto)
+    return cached
+
+
 def rows_insert(rows: Sequence[Model], *, now: datetime) -> None:
     """Insert these new instances (any models, in this order) in one statement, as save() would;
     their auto_now fields get `now` (one clock for the whole statement)."""
-    quote = connection.ops.quote_name
+    db = connections[DEFAULT_DB_ALIAS]  # not the proxy: it is read for every value
     params: list[Any] = []
     parts = []
     for n, row in enumerate(rows):
-        fields = row._meta.local_concrete_fields
-        values = []
-        for field in fields:
-            values.append("%s")
-            if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+        fields, insert, auto = _insert_of(type(row))
+        for field, is_auto in zip(fields, auto, strict=True):
+            if is_auto:
                 setattr(row, field.attname, now)
                 value = now
             else:
                 value = field.pre_save(row, True)
-            params.append(field.get_db_prep_save(value, connection))
-        insert = (
-            f"INSERT INTO {quote(row._meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "
-            f"VALUES ({', '.join(values)})"
-        )
+            params.append(field.get_db_prep_save(value, db))
         parts.append(insert if n == len(rows) - 1 else f"i{n} AS ({insert} RETURNING 1)")
     sql = (f"WITH {', '.join(parts[:-1])} " if len(parts) > 1 else "") + parts[-1]
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(sql, params)
     for row in rows:
-        row._state.adding, row._state.db = False, connection.alias
+        row._state.adding, row._state.db = False, db.alias
 
 
 def _assignments(model: type[Model], values: dict[str, Any], params: list[Any]) -> str:
@@ -147,7 +160,10 @@ def claim_update(*, run_id: UUID, token: UUID, now: datetime, default_timeout_s:
         f"{quote(Workspace._meta.db_table)} AS ws "
         "WHERE r.id = %s AND r.status = %s AND v.id = r.workflow_version_id AND w.id = r.workflow_id "
         "AND ws.id = r.workspace_id "
-        "RETURNING r.*, w.slug AS keel_workflow_slug, ws.slug AS keel_workspace_slug, "
+        # The run's columns by name, not r.*: a prepared statement whose result type changes (a
+        # migration adds a column while this connection lives) would fail instead of re-planning.
+        f"RETURNING {', '.join(f'r.{quote(field.column)}' for field in Run._meta.concrete_fields)}, "
+        "w.slug AS keel_workflow_slug, ws.slug AS keel_workspace_slug, "
         "v.number AS keel_version_number, v.definition::text AS keel_definition"
     )
     params = [Run.Status.RUNNING, token, now, now, now, default_timeout_s, run_id, Run.Status.QUEUED]
