@@ -7,6 +7,8 @@
 - `KeelJob` (RQ `JOB_CLASS`): the `request_id`, `workspace`, `run_id` and `trace_id` bound when the
   job was enqueued travel in `job.meta["log_context"]` and are bound again around the job in the
   worker, so one run's web and worker log lines join up.
+- `enqueue(...)` sends a job in one Redis transaction; `KeelWorker` records a dequeued job's start
+  in one (RQ: three heartbeat commands and two transactions), keeping RQ's registries as RQ does.
 - `KeelWorker` (RQ `WORKER_CLASS`): executes jobs in its own process (no work horse per job), and
   also enqueues the registered periodic jobs. Each worker ticks at most every second; a Redis
   `SET NX PX` per job and period lets exactly one worker enqueue it per period, whichever workers
@@ -27,8 +29,11 @@ import django_rq
 import structlog
 from django.db import close_old_connections, transaction
 from redis import Redis
+from rq.executions import Execution
 from rq.job import Job
+from rq.utils import now as rq_now
 from rq.worker import SimpleWorker, Worker
+from rq.worker.base import WorkerStatus
 
 logger = structlog.get_logger(__name__)
 
@@ -51,15 +56,17 @@ def enqueue(
 ) -> Job | None:
     """Enqueue now, with the current log context in job.meta. Returns None (and logs) if Redis refuses."""
     context = {**current_log_context(), **(log_context or {})}
+    options = {"job_id": job_id, "job_timeout": job_timeout, "at_front": at_front, "meta": {"log_context": context}}
     try:
-        return django_rq.get_queue(queue, commit_mode="auto").enqueue(
-            func,
-            *args,
-            job_id=job_id,
-            job_timeout=job_timeout,
-            at_front=at_front,
-            meta={"log_context": context},
-        )
+        rq_queue = django_rq.get_queue(queue, commit_mode="auto")
+        if not rq_queue.is_async:  # executed at once, in enqueue(): there is nothing to batch
+            return rq_queue.enqueue(func, *args, **options)
+        # One round trip (MULTI ... EXEC) instead of RQ's two (SADD of the queue name, then the job
+        # and its push): the enqueue is on the path between a run's insert and its start.
+        with rq_queue.connection.pipeline() as pipeline:
+            job = rq_queue.enqueue(func, *args, pipeline=pipeline, **options)
+            pipeline.execute()
+        return job
     except Exception:  # noqa: BLE001 - the data is committed; its owner recovers a lost enqueue
         logger.exception("job_enqueue_failed", job_id=job_id, queue=queue)
         return None
@@ -189,10 +196,82 @@ class KeelWorker(_PeriodicTicks, SimpleWorker):
     busy worker's turn must not lapse). KEEL_WORKER_FORK=1 selects KeelForkWorker instead.
     """
 
+    # A default heartbeat this soon after the previous one is skipped (see heartbeat()).
+    HEARTBEAT_REPEAT_S = 1.0
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._busy = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._dequeued = False  # a job was dequeued and prepare_execution() has not run yet
+        self._prepared_job_id: str | None = None
+        self._last_beat: float | None = None  # monotonic time of the last default heartbeat sent
+
+    # --- Redis round trips between a dequeue and the job's start --------------------------------
+    # RQ's SimpleWorker, from BLMOVE to the job function: fetch the job, a heartbeat (HSET, EXPIRE,
+    # EXPIRE: three round trips), prepare_execution (a pipeline), then in perform_job
+    # prepare_job_execution (another pipeline, whose first command is the same heartbeat). Here the
+    # two pipelines are one transaction and the heartbeat goes with it: fetch + one round trip.
+    # The same keys are written in the same order, so the registries (started, intermediate
+    # queue, executions) and RQ's failure handling are as RQ keeps them.
+
+    def reorder_queues(self, reference_queue: Any) -> None:
+        # RQ calls this once per dequeued job, just before the heartbeat that follows the dequeue.
+        self._dequeued = True
+        super().reorder_queues(reference_queue)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            self._last_beat = None  # another TTL may be set: the next default heartbeat is sent
+            super().heartbeat(timeout, pipeline=pipeline)
+            return
+        now = time.monotonic()
+        dequeued, self._dequeued = self._dequeued, False
+        if timeout is None and (
+            # The job just dequeued is about to be prepared, with a heartbeat in that round trip.
+            dequeued
+            # The previous one (after a job, then again before the next dequeue) set the same TTL:
+            # a repeat would move a minutes-long expiry by less than a second.
+            or (self._last_beat is not None and now - self._last_beat < self.HEARTBEAT_REPEAT_S)
+        ):
+            self._tick()
+            return
+        with self.connection.pipeline(transaction=False) as batch:  # one round trip, not three
+            super().heartbeat(timeout, pipeline=batch)
+            batch.execute()
+        self._last_beat = now if timeout is None else None
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        # Only this worker writes its state; after a job it was set to idle twice in a row.
+        if pipeline is None and state == self.get_state():
+            return
+        super().set_state(state, pipeline=pipeline)
+
+    def prepare_execution(self, job: Job) -> Execution:
+        """RQ's prepare_execution and prepare_job_execution as one transaction."""
+        with self.connection.pipeline() as pipeline:
+            ttl = self.get_heartbeat_ttl(job)
+            execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
+            self.executions[execution.id] = execution
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            # What prepare_job_execution writes (perform_job passes it this condition).
+            self.heartbeat(ttl, pipeline=pipeline)
+            job.heartbeat(rq_now(), ttl, pipeline=pipeline)
+            job.prepare_for_execution(self.name, pipeline=pipeline)
+            pipeline.persist(job.key)
+            if len(self.queues) == 1:
+                queue = self.queue_class(job.origin, connection=self.connection)
+                pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+            pipeline.execute()
+        self._prepared_job_id = job.id
+        return execution
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        if self._prepared_job_id != job.id:  # not prepared by prepare_execution(): as RQ does
+            super().prepare_job_execution(job, remove_from_intermediate_queue)
+            return
+        self._prepared_job_id = None
+        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
 
     def execute_job(self, job: Job, queue: Any) -> None:
         if self._ticker is None and not self._burst:
