@@ -17,7 +17,13 @@ from rest_framework.response import Response
 from apps.accounts.models import Role
 from apps.accounts.tenancy import WorkspaceScopedMixin, get_actor
 from apps.providers.models import PRICE, Model, Provider
-from apps.providers.services import model_create, model_update, provider_create, provider_update
+from apps.providers.services import (
+    PROVIDER_TIMEOUT_MAX_S,
+    model_create,
+    model_update,
+    provider_create,
+    provider_update,
+)
 
 MAX_TOKENS = 2_147_483_647  # the columns' range
 
@@ -59,7 +65,7 @@ class ProviderWriteSerializer(serializers.Serializer[Any]):
         max_length=1000,
         help_text='Write-only. Omit or null to keep the current key; "" removes it.',
     )
-    timeout_s = serializers.FloatField(min_value=0.1, max_value=3600, required=False, default=60.0)
+    timeout_s = serializers.FloatField(min_value=0.1, max_value=PROVIDER_TIMEOUT_MAX_S, required=False, default=60.0)
     max_retries = serializers.IntegerField(min_value=0, max_value=10, required=False, default=2)
     config = serializers.JSONField(
         required=False,

@@ -24,6 +24,9 @@ from apps.providers.simulator import validate_config
 
 logger = structlog.get_logger(__name__)
 
+# An attempt's budget hold outlives the attempt only if KEEL_BUDGET_RESERVATION_TTL_S (default 2 h) is
+# longer than this: the same ceiling as the API's, so the admin cannot set a longer one either.
+PROVIDER_TIMEOUT_MAX_S = 3600.0
 PROVIDER_FIELDS = ("name", "kind", "base_url", "timeout_s", "max_retries", "config")
 MODEL_FIELDS = (
     "provider",
@@ -55,6 +58,8 @@ def provider_problems(provider: Provider) -> list[dict[str, str]]:
         errors.append({"field": "config.api_version", "message": "must be a string such as 2024-10-21"})
     if not provider.timeout_s or provider.timeout_s <= 0:
         errors.append({"field": "timeout_s", "message": "must be greater than 0"})
+    elif provider.timeout_s > PROVIDER_TIMEOUT_MAX_S:
+        errors.append({"field": "timeout_s", "message": f"must be at most {PROVIDER_TIMEOUT_MAX_S:.0f} seconds"})
     if (
         provider.name
         and Provider.objects.for_workspace(provider.workspace_id)

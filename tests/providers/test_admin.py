@@ -85,6 +85,25 @@ def test_an_invalid_provider_shows_form_errors_instead_of_saving(staff, workspac
     assert not Provider.objects.exists()
 
 
+def test_the_admin_refuses_a_provider_timeout_longer_than_an_hour(staff, workspace):
+    # A longer attempt could outlive its budget hold (KEEL_BUDGET_RESERVATION_TTL_S), as the API refuses too.
+    response = staff.post(
+        "/admin/providers/provider/add/",
+        {
+            "workspace": workspace.pk,
+            "name": "Slow",
+            "kind": "simulator",
+            "base_url": "",
+            "timeout_s": "100000",
+            "max_retries": "2",
+            "config": "{}",
+        },
+    )
+    assert response.status_code == 200
+    assert "must be at most 3600 seconds" in response.content.decode()
+    assert not Provider.objects.exists()
+
+
 def test_the_changelist_labels_a_simulator_as_not_a_real_model(staff, workspace):
     sim_provider(None, workspace, name="Keel simulator")
     page = staff.get("/admin/providers/provider/").content.decode()
