@@ -80,14 +80,50 @@ def rows_insert(rows: Sequence[Model], *, now: datetime) -> None:
         row._state.adding, row._state.db = False, db.alias
 
 
-def _assignments(model: type[Model], values: dict[str, Any], params: list[Any]) -> str:
+_EVENT_COLUMNS = ("workspace", "run", "seq", "type", "data", "created_at")
+_EVENT_FIELDS: list[Any] = [RunEvent._meta.get_field(name) for name in _EVENT_COLUMNS]
+# (run fields, step fields or None, number of events) -> the statement and the fields whose values
+# it takes, in order. A run's checkpoints come in a handful of shapes; building the text (field
+# lookups, quoting, casts) cost more CPU than adapting the values.
+_CHECKPOINTS: dict[tuple[tuple[str, ...], tuple[str, ...] | None, int], tuple[str, list[Any], list[Any]]] = {}
+
+
+def _checkpoint_of(
+    run_names: tuple[str, ...], step_names: tuple[str, ...] | None, events: int
+) -> tuple[str, list[Any], list[Any]]:
+    key = (run_names, step_names, events)
+    cached = _CHECKPOINTS.get(key)
+    if cached is not None:
+        return cached
     quote = connection.ops.quote_name
-    parts = []
-    for name, value in values.items():
-        field = model._meta.get_field(name)
-        parts.append(f"{quote(field.column)} = %s")  # type: ignore[union-attr]
-        params.append(field.get_db_prep_save(value, connection))  # type: ignore[union-attr]
-    return ", ".join(parts)
+    run_fields = [Run._meta.get_field(name) for name in run_names]
+    # With nothing to change the row is still updated: that is what checks (and locks) the lease.
+    run_set = ", ".join(f"{quote(f.column)} = %s" for f in run_fields) or f"{quote('id')} = {quote('id')}"  # type: ignore[union-attr]
+    sql = [
+        f"WITH r AS (UPDATE {quote(Run._meta.db_table)} SET {run_set} "
+        f"WHERE {quote('id')} = %s AND {quote('lease_token')} = %s AND {quote('status')} = %s "
+        f"RETURNING {quote('cancel_requested_at')} IS NOT NULL AS cancel)"
+    ]
+    step_fields: list[Any] = []
+    if step_names is not None:
+        step_fields = [StepRun._meta.get_field(name) for name in step_names]
+        step_set = ", ".join(f"{quote(f.column)} = %s" for f in step_fields)  # type: ignore[union-attr]
+        sql.append(
+            f", s AS (UPDATE {quote(StepRun._meta.db_table)} SET {step_set} "
+            f"WHERE {quote('id')} = %s AND EXISTS (SELECT 1 FROM r) RETURNING 1)"
+        )
+    if events:
+        columns = _EVENT_FIELDS
+        casts = ", ".join(f"%s::{column.cast_db_type(connection)}" for column in columns)
+        sql.append(
+            f", e AS (INSERT INTO {quote(RunEvent._meta.db_table)} "
+            f"({', '.join(quote(column.column) for column in columns)}) "
+            f"SELECT * FROM (VALUES {', '.join([f'({casts})'] * events)}) AS v "
+            "WHERE EXISTS (SELECT 1 FROM r) RETURNING 1)"
+        )
+    sql.append(" SELECT cancel FROM r")
+    cached = _CHECKPOINTS[key] = ("".join(sql), run_fields, step_fields)
+    return cached
 
 
 def checkpoint_write(
@@ -101,46 +137,21 @@ def checkpoint_write(
 ) -> bool | None:
     """Write it all if the run is still this lease's: True when a cancel request is pending, False
     when not; None (nothing written) when the lease is lost."""
-    quote = connection.ops.quote_name
-    params: list[Any] = []
-    # With nothing to change the row is still updated: that is what checks (and locks) the lease.
-    run_set = _assignments(Run, run_fields, params) if run_fields else f"{quote('id')} = {quote('id')}"
-    pk, lease = Run._meta.pk, Run._meta.get_field("lease_token")
-    assert pk is not None
-    params += [
-        pk.get_db_prep_value(run_id, connection),
-        lease.get_db_prep_value(token, connection),  # type: ignore[union-attr]
-        Run.Status.RUNNING,
+    db = connections[DEFAULT_DB_ALIAS]  # the thread's connection, looked up once
+    sql, run_columns, step_columns = _checkpoint_of(
+        tuple(run_fields), tuple(step_fields) if step is not None else None, len(events)
+    )
+    params: list[Any] = [
+        f.get_db_prep_save(value, db) for f, value in zip(run_columns, run_fields.values(), strict=True)
     ]
-    sql = [
-        f"WITH r AS (UPDATE {quote(Run._meta.db_table)} SET {run_set} "
-        f"WHERE {quote(pk.column)} = %s AND {quote('lease_token')} = %s AND {quote('status')} = %s "
-        f"RETURNING {quote('cancel_requested_at')} IS NOT NULL AS cancel)"
-    ]
+    params += [run_id, token, Run.Status.RUNNING]
     if step is not None:
-        step_set = _assignments(StepRun, {name: getattr(step, name) for name in step_fields}, params)
-        params.append(StepRun._meta.pk.get_db_prep_value(step.pk, connection))  # type: ignore[union-attr]
-        sql.append(
-            f", s AS (UPDATE {quote(StepRun._meta.db_table)} SET {step_set} "
-            f"WHERE {quote('id')} = %s AND EXISTS (SELECT 1 FROM r) RETURNING 1)"
-        )
-    if events:
-        names = ["workspace", "run", "seq", "type", "data", "created_at"]
-        columns = [RunEvent._meta.get_field(name) for name in names]
-        casts = ", ".join(f"%s::{column.cast_db_type(connection)}" for column in columns)  # type: ignore[union-attr]
-        values = []
-        for event in events:
-            values.append(f"({casts})")
-            for column in columns:
-                params.append(column.get_db_prep_save(getattr(event, column.attname), connection))  # type: ignore[union-attr]
-        sql.append(
-            f", e AS (INSERT INTO {quote(RunEvent._meta.db_table)} "
-            f"({', '.join(quote(column.column) for column in columns)}) "  # type: ignore[union-attr]
-            f"SELECT * FROM (VALUES {', '.join(values)}) AS v WHERE EXISTS (SELECT 1 FROM r) RETURNING 1)"
-        )
-    sql.append(" SELECT cancel FROM r")
-    with connection.cursor() as cursor:
-        cursor.execute("".join(sql), params)
+        params += [f.get_db_prep_save(getattr(step, f.attname), db) for f in step_columns]
+        params.append(step.pk)
+    for event in events:
+        params += [column.get_db_prep_save(getattr(event, column.attname), db) for column in _EVENT_FIELDS]
+    with db.cursor() as cursor:
+        cursor.execute(sql, params)
         row = cursor.fetchone()
     return None if row is None else bool(row[0])
 
