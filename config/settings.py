@@ -365,3 +365,25 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
 KEEL_WORKER_FORK = env_bool("KEEL_WORKER_FORK", False)
 if KEEL_WORKER_FORK:
     RQ["WORKER_CLASS"] = "apps.core.jobs.KeelForkWorker"
+
+# --- Database connections: a bounded pool per process (docs/operations.md) --------------------------
+# With a connection per thread, a gthread web process held two per in-flight sync or stream run (its
+# request thread's and its run thread's) and so grew with load until PostgreSQL refused new clients
+# (max_connections): requests and runs failed with 500s. On PostgreSQL every thread of a process
+# borrows from one psycopg pool of at most KEEL_DB_POOL_MAX_SIZE connections instead, and threads
+# give theirs back while they wait (apps/core/db.py). A thread waits up to KEEL_DB_POOL_TIMEOUT_S
+# for one; a request that still gets none is answered 503 with Retry-After (apps/core/problems.py).
+# KEEL_DB_POOL_MAX_SIZE=0 turns the pool off (a connection per thread, CONN_MAX_AGE 60 s).
+KEEL_DB_POOL_MAX_SIZE = env_int("KEEL_DB_POOL_MAX_SIZE", 20, minimum=0)
+KEEL_DB_POOL_TIMEOUT_S = env_float("KEEL_DB_POOL_TIMEOUT_S", 10.0, minimum=0.1)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and KEEL_DB_POOL_MAX_SIZE > 0:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django requires it with a pool: the pool keeps them open
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 0,  # opened on demand: a worker or management command needs one or two
+        "max_size": KEEL_DB_POOL_MAX_SIZE,
+        "timeout": KEEL_DB_POOL_TIMEOUT_S,
+        "max_idle": 300,  # an idle connection above the load's need is closed after this long
+        "name": "keel",
+    }
+    # psycopg_pool logs every checkout and return at INFO.
+    LOGGING["loggers"]["psycopg.pool"] = {"handlers": ["console"], "level": "WARNING", "propagate": False}

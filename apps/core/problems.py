@@ -7,6 +7,7 @@ those, DRF's own exceptions and anything unexpected into one body shape:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,8 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
+
+from apps.core.db import RETRY_AFTER_S, database_unavailable
 
 logger = structlog.get_logger(__name__)
 
@@ -37,6 +40,11 @@ TITLES: dict[str, str] = {
     "service_unavailable": "The service is unavailable.",
     "internal_error": "Internal server error.",
 }
+
+
+# Too much load for the database connections there are (KEEL_DB_POOL_MAX_SIZE, PostgreSQL's
+# max_connections), or the database is down: nothing the client did, and it passes.
+DATABASE_UNAVAILABLE_DETAIL = "No database connection is free for this request now; retry after Retry-After seconds."
 
 
 def problem_type(code: str) -> str:
@@ -223,6 +231,15 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response:
         )
     if isinstance(exc, drf.APIException):
         return _respond(exc.status_code, str(exc.default_code), context, detail=str(exc.detail))
+    if database_unavailable(exc):
+        logger.warning("database_unavailable", view=type(context.get("view")).__name__, error=str(exc))
+        return _respond(
+            503,
+            "service_unavailable",
+            context,
+            detail=DATABASE_UNAVAILABLE_DETAIL,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     logger.exception("unhandled_exception", view=type(context.get("view")).__name__)
     return _respond(500, "internal_error", context, detail="An unexpected error occurred; quote the request_id.")
 
@@ -241,6 +258,15 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Json
 
 
 def handler500(request: HttpRequest) -> JsonResponse:
+    # Django calls this while handling the exception, so it is still the current one.
+    if database_unavailable(sys.exc_info()[1] or Exception()):
+        return problem_response(
+            503,
+            "service_unavailable",
+            request=request,
+            detail=DATABASE_UNAVAILABLE_DETAIL,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     return problem_response(
         500, "internal_error", request=request, detail="An unexpected error occurred; quote the request_id."
     )

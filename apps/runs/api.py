@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.tenancy import WorkspaceScopedMixin, get_actor
+from apps.core.db import connection_release
 from apps.core.problems import ValidationProblem
 from apps.runs.models import Run
 from apps.runs.serializers import RunSerializer, RunSummarySerializer, run_body
@@ -149,6 +150,8 @@ class WorkflowRunsView(APIView):
         if run.mode == Run.Mode.ASYNC:
             body = started.response[1] if started.response else run_body(run, steps=started.steps)
             return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": _location(run)})
+        # The run thread needs a connection while this thread waits and needs none (apps/core/db.py).
+        connection_release()
         handle = run_execute_in_thread(started=started)
         if run.mode == Run.Mode.STREAM:
             return sse_response(run_event_stream(run.pk))

@@ -27,6 +27,7 @@ from django.db import DatabaseError, connection
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.core.db import connection_release
 from apps.runs.models import Run
 
 logger = structlog.get_logger(__name__)
@@ -81,6 +82,7 @@ class Heartbeats:
                     self._lock.wait()
             time.sleep(settings.KEEL_RUN_HEARTBEAT_S)  # read each period: tests change it per process
             self.beat()
+            connection_release()  # pooled: the run threads may need it until the next beat
 
     def beat(self) -> None:
         """Stamp every held run now (the thread calls this each period)."""

@@ -2,9 +2,11 @@
 
 A thread per run would open (and close) a PostgreSQL connection per run, since Django's
 connections belong to threads. These threads outlive their runs, so their connections are reused
-like a request thread's (CONN_MAX_AGE, health checks). The pool never makes a run wait for a
-thread: when no thread is idle a new one starts, so the number of runs in flight is bounded by the
-requests that start them, never by the pool. A thread idle for IDLE_S closes its connection and ends.
+like a request thread's: on PostgreSQL each run borrows one from the process's bounded connection
+pool and gives it back when it ends (KEEL_DB_POOL_MAX_SIZE, apps/core/db.py); without the pool a
+thread keeps its own (CONN_MAX_AGE, health checks). The pool never makes a run wait for a thread:
+when no thread is idle a new one starts, so the number of runs in flight is bounded by the requests
+that start them, never by this pool. A thread idle for IDLE_S closes its connection and ends.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from django.http import StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
 from rest_framework.utils.encoders import JSONEncoder
 
+from apps.core.db import connection_release
 from apps.runs.events import RUN_FINISHED, event_listener
 from apps.runs.models import RunEvent
 
@@ -66,6 +67,7 @@ def event_tail(
         if now - last_sent >= KEEPALIVE_S:
             yield b": keepalive\n\n"
             last_sent = now
+        connection_release()  # an idle stream holds no pooled connection (apps/core/db.py)
         if wake is not None:
             wake.wait(POLL_S * 4)
         else:

@@ -79,3 +79,13 @@ def test_exception_in_plain_view_gets_500_problem():
     body = problem(response, 500, "internal_error")
     assert body["request_id"] == response["X-Request-ID"]
     assert b"secret internals" not in response.content
+
+
+@pytest.mark.urls("tests.core.urls_boom")
+@pytest.mark.parametrize("path", ["/api/v1/database-down/", "/plain-database-down/"])
+def test_a_database_that_cannot_be_reached_gets_503_problem_with_retry_after(path):
+    # Load (no pooled connection free in time, PostgreSQL's max_connections) or an outage: not a 500.
+    response = Client(raise_request_exception=False).get(path)
+    body = problem(response, 503, "service_unavailable")
+    assert int(response["Retry-After"]) > 0
+    assert body["request_id"] == response["X-Request-ID"]

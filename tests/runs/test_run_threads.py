@@ -46,7 +46,7 @@ def test_the_pool_never_makes_a_run_wait_for_a_thread_and_reuses_idle_ones():
     assert pool._threads == 5
 
 
-def test_a_pool_thread_keeps_its_database_connection_from_run_to_run():
+def test_a_pool_thread_reuses_database_connections_from_run_to_run():
     pool = Pool(idle_s=30)
 
     def backend_pid() -> int:
@@ -54,12 +54,21 @@ def test_a_pool_thread_keeps_its_database_connection_from_run_to_run():
             cursor.execute("SELECT pg_backend_pid()")
             return int(cursor.fetchone()[0])
 
-    pids = []
-    for _ in range(3):
+    def run_task() -> int:
         task = pool.submit(backend_pid)
         assert task.wait(10)
-        pids.append(task.result)
-    assert len(set(pids)) == 1, "each task reconnected"
+        return int(task.result)
+
+    run_task()
+    if connection.pool is None:  # KEEL_DB_POOL_MAX_SIZE=0: the thread keeps its own connection
+        pids = [run_task() for _ in range(2)]
+        assert len(set(pids)) == 1, "each task reconnected"
+    else:
+        # Each task borrows one of the process's pooled connections (any of them) and gives it back.
+        opened = connection.pool.get_stats().get("connections_num", 0)
+        for _ in range(3):
+            run_task()
+        assert connection.pool.get_stats().get("connections_num", 0) == opened, "a task opened a connection"
 
 
 def test_an_idle_pool_thread_ends_and_closes_its_connection():
