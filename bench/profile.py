@@ -95,7 +95,8 @@ def lines(result: dict[str, Any], top: int = 45) -> list[str]:
     out = [
         f"`{result['slug']}`: {result['runs']} sync runs one at a time against one gunicorn gthread worker: "
         f"{result['cpu_ms_per_run']:.2f} ms of the worker's CPU and {result['wall_ms_per_run']:.2f} ms wall per run. "
-        f"Share of {result['samples']} GIL-holding samples under each function (inclusive):",
+        f"Share of {result['samples']} GIL-holding samples under each function (inclusive; the sampling itself "
+        "adds to the CPU measured here, so the sync overhead table is the figure for CPU per run):",
         "",
         "| share | function |",
         "|---|---|",
