@@ -188,8 +188,9 @@ class KeelWorker(_PeriodicTicks, SimpleWorker):
 
     RQ's default forks a work horse per job: tens of milliseconds per job, and a fresh database
     connection and Django state each time. Here jobs run in the worker's main thread (RQ's
-    SimpleWorker), with its database connection reused between jobs (CONN_MAX_AGE, health checks)
-    and dropped when broken or too old, as around a request. What the fork protected against is
+    SimpleWorker), with its database connection reused between jobs (on PostgreSQL borrowed from
+    the process's pool, apps/core/db.py; otherwise kept per CONN_MAX_AGE) and dropped when broken,
+    as around a request. What the fork protected against is
     covered elsewhere: a run whose worker dies (killed, crashed) is resumed by the reaper; a job
     past its timeout is stopped by RQ's SIGALRM death penalty in this process; a warm shutdown
     finishes the current job. While a job executes, a thread keeps ticking the periodic jobs (a
