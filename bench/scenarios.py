@@ -218,7 +218,8 @@ def async_runs(ctx: Ctx, worker_count: int) -> list[dict[str, Any]]:
     """Latency POST -> succeeded seen by one polling client, then throughput of a burst."""
     e2e, enqueue_to_start = [], []
     with ctx.api() as api:
-        for i in range(max(10, ctx.plan.async_runs // 5)):
+        # At least 30 samples: the p50 is read against a 5 ms target on a noisy 2-core machine.
+        for i in range(max(30, ctx.plan.async_runs // 5)):
             t0 = time.perf_counter()
             run = api.post(
                 "/workflows/sync-0/runs/", json={"input": {"text": f"async {i} {time.time_ns()}"}, "mode": "async"}
