@@ -12,15 +12,40 @@ column, `Model.from_db`, and each joined row put in the instance's cache of that
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, ForeignKey, Model
 
 M = TypeVar("M", bound=Model)
 
-_Converter = Callable[[Any, Any, Any], Any]
+Converters = list[list[tuple[Any, Any]]]
+_converters_of: dict[tuple[str, tuple[Any, ...], str | None], Converters] = {}
+
+
+def column_converters(db: BaseDatabaseWrapper, fields: Sequence[Field], alias: str | None = None) -> Converters:
+    """For each field's column, the (converter, column) pairs the ORM applies to a value read from
+    `db` (none on PostgreSQL for most types); worked out once per field list. `alias` is the table
+    alias the columns are read under (default: the table's name)."""
+    key = (db.vendor, tuple(fields), alias)
+    found = _converters_of.get(key)
+    if found is None:
+        found = [
+            [(c, col) for c in (*db.ops.get_db_converters(col), *col.get_db_converters(db))]
+            for col in (f.get_col(alias or f.model._meta.db_table) for f in fields)
+        ]
+        _converters_of[key] = found
+    return found
+
+
+def convert_row(db: BaseDatabaseWrapper, values: list[Any], converters: Converters) -> list[Any]:
+    """`values` (one row's columns, in the converters' order) as the ORM would hand them over; in place."""
+    for i, pairs in enumerate(converters):
+        for convert, col in pairs:
+            values[i] = convert(values[i], col, db)
+    return values
 
 
 class _Part:
@@ -29,28 +54,14 @@ class _Part:
     def __init__(self, model: type[Model], alias: str, start: int) -> None:
         self.model = model
         self.alias = alias
-        self.fields: list[Field] = list(model._meta.concrete_fields)
+        self.fields: tuple[Field, ...] = tuple(model._meta.concrete_fields)
         self.attnames = [field.attname for field in self.fields]
         self.start, self.end = start, start + len(self.fields)
         self.columns = [f"{alias}.{connection.ops.quote_name(field.column)}" for field in self.fields]
-        self._converters: list[tuple[int, list[_Converter], Any]] | None = None
 
-    def instance(self, row: Sequence[Any]) -> Model:
-        values = list(row[self.start : self.end])
-        if self._converters is None:
-            converters = []
-            for n, field in enumerate(self.fields):
-                column = field.get_col(self.alias)
-                found = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
-                if found:
-                    converters.append((n, found, column))
-            self._converters = converters  # per process: a process talks to one kind of database
-        for n, found, column in self._converters:
-            value = values[n]
-            for convert in found:
-                value = convert(value, column, connection)
-            values[n] = value
-        return self.model.from_db(connection.alias, self.attnames, values)
+    def instance(self, db: BaseDatabaseWrapper, row: Sequence[Any]) -> Model:
+        values = convert_row(db, list(row[self.start : self.end]), column_converters(db, self.fields, self.alias))
+        return self.model.from_db(db.alias, self.attnames, values)
 
 
 class RowReader(Generic[M]):
@@ -95,14 +106,15 @@ class RowReader(Generic[M]):
 
     def all(self, params: Sequence[Any]) -> list[M]:
         sql, parts, fks = self._built or self._build()
-        with connection.cursor() as cursor:
+        db = connections[DEFAULT_DB_ALIAS]  # the thread's connection, looked up once
+        with db.cursor() as cursor:
             cursor.execute(sql, list(params))
             rows = cursor.fetchall()
         found = []
         for row in rows:
-            obj = parts[0].instance(row)
+            obj = parts[0].instance(db, row)
             for fk, part in zip(fks, parts[1:], strict=True):
-                fk.set_cached_value(obj, part.instance(row))  # as select_related leaves it
+                fk.set_cached_value(obj, part.instance(db, row))  # as select_related leaves it
             found.append(obj)
         return found  # type: ignore[return-value]
 

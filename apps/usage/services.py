@@ -39,6 +39,7 @@ from django.utils import timezone
 
 from apps.accounts.models import ApiKey, Membership, Workspace
 from apps.core.problems import BudgetExceeded, ValidationProblem
+from apps.core.rows import column_converters, convert_row
 from apps.usage.models import (
     NIL_UUID,
     Budget,
@@ -86,40 +87,16 @@ def _execute(sql: str, params: Sequence[Any]) -> int:
         return int(cursor.rowcount)
 
 
-_Converters = list[list[tuple[Any, Any]]]
-_converters_of: dict[tuple[str, tuple[models.Field[Any, Any], ...]], _Converters] = {}
-
-
-def _converters(db: BaseDatabaseWrapper, fields: tuple[models.Field[Any, Any], ...]) -> _Converters:
-    """What the ORM would apply to each column (none on PostgreSQL); worked out once per field list."""
-    key = (db.vendor, fields)
-    found = _converters_of.get(key)
-    if found is None:
-        found = [
-            [(c, col) for c in (*db.ops.get_db_converters(col), *col.get_db_converters(db))]
-            for col in (f.get_col(f.model._meta.db_table) for f in fields)
-        ]
-        _converters_of[key] = found
-    return found
-
-
 def _fetch(sql: str, params: Sequence[Any], fields: tuple[models.Field[Any, Any], ...]) -> list[list[Any]]:
     """Rows of a query whose columns are `fields`, converted the way the ORM converts them."""
     db = _db()
     with db.cursor() as cursor:
         cursor.execute(sql, _params(db, params))
         rows = cursor.fetchall()
-    converters = _converters(db, fields)
+    converters = column_converters(db, fields)
     if not any(converters):
         return [list(row) for row in rows]
-    out = []
-    for row in rows:
-        values = list(row)
-        for i, pairs in enumerate(converters):
-            for convert, col in pairs:
-                values[i] = convert(values[i], col, db)
-        out.append(values)
-    return out
+    return [convert_row(db, list(row), converters) for row in rows]
 
 
 def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
