@@ -262,7 +262,7 @@ def _rows_insert(*, run: Run, steps: list[StepRun]) -> None:
     """Insert a new run and its steps: one statement on PostgreSQL (apps/runs/sql.py). A run
     created claimed was started now: it is created at the same instant."""
     if sql.supported():
-        sql.rows_insert([run, *steps], now=run.started_at or timezone.now())
+        sql.rows_insert(run, steps, now=run.started_at or timezone.now())
     else:
         with transaction.atomic():
             run.save(force_insert=True)

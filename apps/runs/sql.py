@@ -21,11 +21,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 from uuid import UUID
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Model
+from psycopg.types.json import Jsonb
 
 from apps.accounts.models import Workspace
 from apps.runs.models import Run, RunEvent, StepRun
@@ -38,45 +40,73 @@ def supported() -> bool:
     return connection.vendor == "postgresql"
 
 
-_INSERTS: dict[type[Model], tuple[list[Any], str, list[bool]]] = {}
+_INSERTS: dict[type[Model], tuple[list[Any], list[bool], str, str]] = {}
 
 
-def _insert_of(model: type[Model]) -> tuple[list[Any], str, list[bool]]:
-    """A model's concrete fields, its `INSERT ... VALUES (%s, ...)` and which fields are auto_now,
-    worked out once per process (a run's insert is on the path from the request to its start)."""
+def _insert_of(model: type[Model]) -> tuple[list[Any], list[bool], str, str]:
+    """A model's concrete fields, which of them are auto_now, its `INSERT ... VALUES (%s, ...)` and
+    its `INSERT ... SELECT ... FROM json_populate_recordset(...)`, worked out once per process (a
+    run's insert is on the path from the request to its start)."""
     cached = _INSERTS.get(model)
     if cached is None:
         quote = connection.ops.quote_name
         fields = list(model._meta.local_concrete_fields)
-        text = (
-            f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))})"
+        table, columns = quote(model._meta.db_table), ", ".join(quote(field.column) for field in fields)
+        values = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
+        # Named columns, not the row's `*`: a column added by a migration while this process lives
+        # keeps its default, and the statement stays valid.
+        recordset = (
+            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM json_populate_recordset(NULL::{table}, %s::json)"
         )
         auto = [bool(getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)) for f in fields]
-        cached = _INSERTS[model] = (fields, text, auto)
+        cached = _INSERTS[model] = (fields, auto, values, recordset)
     return cached
 
 
-def rows_insert(rows: Sequence[Model], *, now: datetime) -> None:
-    """Insert these new instances (any models, in this order) in one statement, as save() would;
-    their auto_now fields get `now` (one clock for the whole statement)."""
+def _prepared(row: Model, fields: list[Any], auto: list[bool], now: datetime, db: Any) -> list[Any]:
+    """The row's values as save() would send them; its auto_now fields get `now`."""
+    values = []
+    for field, is_auto in zip(fields, auto, strict=True):
+        if is_auto:
+            setattr(row, field.attname, now)
+            value = now
+        else:
+            value = field.pre_save(row, True)
+        values.append(field.get_db_prep_save(value, db))
+    return values
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Jsonb):
+        return value.obj  # a JSONField's value: the JSON itself (these models' fields have no encoder)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID | Decimal):
+        return str(value)  # exact: PostgreSQL parses the text into the column's type
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def rows_insert(run: Run, steps: Sequence[StepRun], *, now: datetime) -> None:
+    """Insert a new run and its steps in one statement, as save() would; their auto_now fields get
+    `now` (one clock for the whole statement).
+
+    The run's values are parameters; the steps go as one JSON array of records. So the statement has
+    the same text and fewer than 50 parameters whatever the step count: psycopg caches its parsing
+    of such a statement and PostgreSQL prepares it (a longer one is parsed again on every run).
+    """
     db = connections[DEFAULT_DB_ALIAS]  # not the proxy: it is read for every value
-    params: list[Any] = []
-    parts = []
-    for n, row in enumerate(rows):
-        fields, insert, auto = _insert_of(type(row))
-        for field, is_auto in zip(fields, auto, strict=True):
-            if is_auto:
-                setattr(row, field.attname, now)
-                value = now
-            else:
-                value = field.pre_save(row, True)
-            params.append(field.get_db_prep_save(value, db))
-        parts.append(insert if n == len(rows) - 1 else f"i{n} AS ({insert} RETURNING 1)")
-    sql = (f"WITH {', '.join(parts[:-1])} " if len(parts) > 1 else "") + parts[-1]
+    fields, auto, values, _ = _insert_of(Run)
+    params = _prepared(run, fields, auto, now, db)
+    sql = values
+    if steps:
+        step_fields, step_auto, _, recordset = _insert_of(StepRun)
+        columns = [field.column for field in step_fields]
+        records = [dict(zip(columns, _prepared(step, step_fields, step_auto, now, db), strict=True)) for step in steps]
+        params.append(json.dumps(records, default=_json_default))
+        sql = f"WITH r AS ({values} RETURNING 1) {recordset}"
     with db.cursor() as cursor:
         cursor.execute(sql, params)
-    for row in rows:
+    for row in (run, *steps):
         row._state.adding, row._state.db = False, db.alias
 
 

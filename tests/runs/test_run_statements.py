@@ -57,3 +57,54 @@ def test_the_claim_sets_the_deadline_from_the_definitions_time_limit(workspace):
     assert (stored.status, stored.lease_token, stored.executions) == ("running", claim.token, 1)
     assert claim.run.workflow.slug == "shout" and claim.run.workspace.slug == "acme"
     assert claim.run.workflow_version.definition["limits"] == {"timeout_s": 42.5}
+
+
+def test_the_one_statement_insert_stores_what_the_orm_would(workspace, shout):
+    """sql.rows_insert (the steps as one JSON array of records) against the values the instances
+    hold: JSON of every shape, exact decimals, instants and references survive as the ORM writes them."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from django.forms.models import model_to_dict
+
+    from apps.runs import sql
+    from apps.runs.models import StepRun
+
+    version = shout.versions.get()
+    now = datetime(2026, 12, 6, 3, 8, 32, 401434, tzinfo=UTC)
+    run = Run(
+        workspace=workspace,
+        workflow=shout,
+        workflow_version=version,
+        mode="sync",
+        input={"text": "héllo \"quoted\" \\ back", "nested": [1, 2.5, None, True, {"k": []}]},
+        metadata={"team": "ops"},
+        trace_id="t" * 32,
+        cost_usd=Decimal("0.123456"),
+    )
+    shapes = [None, "a plain string", ["a", 1], {"deep": {"er": [None, False]}}, 12.75]
+    steps = [
+        StepRun(
+            workspace_id=workspace.pk,
+            run=run,
+            step_id=f"s{index}",
+            index=index,
+            type="transform",
+            input=shape,
+            output={"answer": shape},
+            error=None if index % 2 else {"code": "x", "message": "ü"},
+            cost_usd=Decimal("0.000001") * index,
+            call_ids=[f"call-{index}"],
+            started_at=now if index else None,
+        )
+        for index, shape in enumerate(shapes)
+    ]
+    sql.rows_insert(run, steps, now=now)
+
+    stored = Run.objects.get(pk=run.pk)
+    assert model_to_dict(stored) == model_to_dict(run)
+    assert (stored.created_at, stored.updated_at) == (now, now)
+    for step in steps:
+        assert model_to_dict(StepRun.objects.get(pk=step.pk)) == model_to_dict(step)
+        assert StepRun.objects.get(pk=step.pk).created_at == now
+    assert StepRun.objects.get(pk=steps[0].pk).input is None  # None is SQL NULL, as save() stores it
