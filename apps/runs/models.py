@@ -31,6 +31,9 @@ class Run(WorkspaceOwnedModel):
 
     TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
+    # Not indexed alone: it leads the (workspace, ...) indexes below. Every index is written by each
+    # run's insert and by its updates that change an indexed column (its start and end).
+    workspace = models.ForeignKey("accounts.Workspace", on_delete=models.CASCADE, related_name="+", db_index=False)
     workflow = models.ForeignKey("workflows.Workflow", on_delete=models.PROTECT, related_name="+")
     workflow_version = models.ForeignKey("workflows.WorkflowVersion", on_delete=models.PROTECT, related_name="+")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
@@ -41,8 +44,13 @@ class Run(WorkspaceOwnedModel):
     metadata = models.JSONField(default=dict, blank=True)
     idempotency_key = models.CharField(max_length=255, blank=True, default="")
     api_key = models.ForeignKey("accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    user = models.ForeignKey("accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="retries")
+    # Mostly empty references, indexed where set (see Meta): what deleting the target looks up.
+    user = models.ForeignKey(
+        "accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    retry_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="retries", db_index=False
+    )
 
     request_id = models.CharField(max_length=128, blank=True, default="")
     trace_id = models.CharField(max_length=32)
@@ -66,7 +74,9 @@ class Run(WorkspaceOwnedModel):
 
     rating = models.PositiveSmallIntegerField(null=True, blank=True)
     review_note = models.TextField(blank=True, default="")
-    reviewed_by = models.ForeignKey("accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    reviewed_by = models.ForeignKey(
+        "accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
     reviewed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -80,6 +90,11 @@ class Run(WorkspaceOwnedModel):
                 fields=["heartbeat_at"], name="run_running_heartbeat_idx", condition=models.Q(status="running")
             ),
             models.Index(fields=["created_at"], name="run_queued_created_idx", condition=models.Q(status="queued")),
+            models.Index(fields=["user"], name="run_user_idx", condition=models.Q(user__isnull=False)),
+            models.Index(fields=["retry_of"], name="run_retry_of_idx", condition=models.Q(retry_of__isnull=False)),
+            models.Index(
+                fields=["reviewed_by"], name="run_reviewed_by_idx", condition=models.Q(reviewed_by__isnull=False)
+            ),
         ]
 
     def __str__(self) -> str:
@@ -110,7 +125,10 @@ class StepRun(WorkspaceOwnedModel):
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    # Steps are read through their run: no index of their own on created_at, and the unique
+    # (run, step_id) index serves lookups by run.
+    created_at = models.DateTimeField(auto_now_add=True)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps", db_index=False)
     step_id = models.CharField(max_length=64)
     index = models.PositiveSmallIntegerField()
     type = models.CharField(max_length=32)
@@ -129,12 +147,19 @@ class StepRun(WorkspaceOwnedModel):
     saved_usd = models.DecimalField(**MONEY, default=Decimal("0"))
     latency_ms = models.PositiveIntegerField(default=0)
     call_ids = models.JSONField(default=list, blank=True)
-    reused_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    reused_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "step_id"], name="steprun_run_step_uniq")]
+        indexes = [
+            models.Index(
+                fields=["reused_from"], name="steprun_reused_from_idx", condition=models.Q(reused_from__isnull=False)
+            )
+        ]
         ordering = ["index"]
 
     def __str__(self) -> str:
@@ -150,7 +175,7 @@ class RunEvent(models.Model):
     """The append-only progress log of a run: what SSE streams and `Last-Event-ID` replays."""
 
     workspace = models.ForeignKey("accounts.Workspace", on_delete=models.CASCADE, related_name="+")
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events", db_index=False)  # see Meta
     seq = models.PositiveIntegerField()
     type = models.CharField(max_length=32)
     data = models.JSONField()
@@ -159,6 +184,7 @@ class RunEvent(models.Model):
     objects = WorkspaceQuerySet.as_manager()
 
     class Meta:
+        # Its index serves every lookup by run: no separate index on run.
         constraints = [models.UniqueConstraint(fields=["run", "seq"], name="runevent_run_seq_uniq")]
 
     def __str__(self) -> str:

@@ -24,6 +24,8 @@ class UsageRecord(WorkspaceOwnedModel):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
 
+    # Not indexed alone: it leads usage_ws_created_idx (each index is written by every call's booking).
+    workspace = models.ForeignKey("accounts.Workspace", on_delete=models.CASCADE, related_name="+", db_index=False)
     call_id = models.CharField(max_length=64, unique=True)
     model = models.ForeignKey("providers.Model", on_delete=models.RESTRICT, related_name="+")
     model_alias = models.CharField(max_length=100)
@@ -48,12 +50,16 @@ class UsageRecord(WorkspaceOwnedModel):
     step_id = models.CharField(max_length=100, blank=True, default="")
     workflow_id = models.UUIDField(null=True, blank=True)
     api_key = models.ForeignKey("accounts.ApiKey", null=True, blank=True, on_delete=models.RESTRICT, related_name="+")
-    user = models.ForeignKey("accounts.User", null=True, blank=True, on_delete=models.RESTRICT, related_name="+")
+    # Mostly empty (calls of runs started with an API key), indexed where set: what a delete checks.
+    user = models.ForeignKey(
+        "accounts.User", null=True, blank=True, on_delete=models.RESTRICT, related_name="+", db_index=False
+    )
 
     class Meta:
         indexes = [
             models.Index(fields=["workspace", "created_at"], name="usage_ws_created_idx"),
             models.Index(fields=["run_id"], name="usage_run_idx"),
+            models.Index(fields=["user"], name="usage_user_idx", condition=models.Q(user__isnull=False)),
         ]
 
     def __str__(self) -> str:
