@@ -77,7 +77,7 @@ def test_the_one_statement_insert_stores_what_the_orm_would(workspace, shout):
         workflow=shout,
         workflow_version=version,
         mode="sync",
-        input={"text": "héllo \"quoted\" \\ back", "nested": [1, 2.5, None, True, {"k": []}]},
+        input={"text": 'héllo "quoted" \\ back', "nested": [1, 2.5, None, True, {"k": []}]},
         metadata={"team": "ops"},
         trace_id="t" * 32,
         cost_usd=Decimal("0.123456"),
