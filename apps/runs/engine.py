@@ -20,6 +20,8 @@ Durability, in one place:
 - Each finished step is committed before anything else happens, except the last one, which is
   committed with the run's end (nothing external happens between the two).
 - A resumed run skips steps already `succeeded` and reuses their outputs (no new provider call).
+- An execution that cannot reach the database stops and leaves the run running for the reaper, as
+  if its process had died: a run is failed only for what is wrong with the run itself.
 - Cancellation and the run timeout are checked between steps (every write reports a pending
   cancel request) and, through `should_abort`, between the chunks of a streamed model answer.
 """
@@ -40,6 +42,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from apps.core.db import database_unavailable
 from apps.providers.gateway import CallAborted
 from apps.runs import events, sql
 from apps.runs.heartbeat import Lease, heartbeats
@@ -216,7 +219,14 @@ class Executor:
             self._execute()
         except LeaseLost:
             logger.warning("run_lease_lost", detail="another executor owns the run now; stopping")
-        except Exception:  # noqa: BLE001 - a bug must fail this run, not leave it running
+        except Exception as exc:  # noqa: BLE001 - a bug must fail this run, not leave it running
+            if database_unavailable(exc):
+                # Nothing is wrong with the run: this execution could not get a connection (the
+                # pool had none in time, PostgreSQL refused one). Failing the run would lose it
+                # whenever the next write got through; leave it running instead: its heartbeat stops
+                # with this execution and the reaper resumes it, as after a crash.
+                logger.warning("run_interrupted", reason="database_unavailable", error=str(exc))
+                return
             logger.exception("run_engine_error")
             step = self._current
             try:
