@@ -125,15 +125,42 @@ _ROLLUP_UPSERT = (
 )
 # PostgreSQL only (a data-modifying WITH): the ledger row and, only if it is new, its rollup, in one
 # statement; it reports one row changed exactly when the ledger row is new.
-_BOOK = f"WITH booked AS ({_LEDGER_INSERT} RETURNING 1) " + _ROLLUP_UPSERT.replace(
+_ROLLUP_OF_BOOKED = _ROLLUP_UPSERT.replace(
     f"VALUES ({', '.join(['%s'] * (len(_ROLLUP_BUCKET) + len(_ROLLUP_SUMS)))})",
     f"SELECT {', '.join(['%s'] * (len(_ROLLUP_BUCKET) + len(_ROLLUP_SUMS)))} FROM booked",
 )
+_BOOK = f"WITH booked AS ({_LEDGER_INSERT} RETURNING 1) {_ROLLUP_OF_BOOKED}"
 
 
 _BUDGETS = Budget._meta.db_table
 _WINDOWS = BudgetWindow._meta.db_table
 _RESERVATIONS = BudgetReservation._meta.db_table
+
+
+@functools.cache
+def _book_and_settle_sql(states: int) -> str:
+    """PostgreSQL: _BOOK, then, only if the ledger row is new and the call holds exactly one hold in
+    one of `states`, that hold finished and its window settled, in one statement (the common case:
+    one blocking budget). Answers (ledger row new, holds found, window, amount, state before,
+    alert threshold). Locks in the order of every other path: the rollup bucket, the call's holds
+    (in window order), the window. With several holds nothing is finished (the caller does it)."""
+    return (
+        f"WITH booked AS ({_LEDGER_INSERT} RETURNING 1), rolled AS ({_ROLLUP_OF_BOOKED} RETURNING 1), "
+        f"held AS (SELECT id, window_id, amount, state FROM {_RESERVATIONS} WHERE call_id = %s "
+        f"AND state IN ({', '.join(['%s'] * states)}) AND EXISTS (SELECT 1 FROM rolled) "
+        "ORDER BY window_id FOR UPDATE), "
+        "one AS (SELECT * FROM held WHERE (SELECT count(*) FROM held) = 1), "
+        f"finished AS (UPDATE {_RESERVATIONS} AS r SET state = %s, actual = %s, finished_at = %s FROM one "
+        "WHERE r.id = one.id RETURNING one.window_id, one.amount, one.state), "
+        f"settled AS (UPDATE {_WINDOWS} AS w SET spent = w.spent + %s, reserved = w.reserved - CASE "
+        "WHEN f.state = %s THEN f.amount ELSE 0 END FROM finished AS f WHERE w.id = f.window_id "
+        "RETURNING w.budget_id) "
+        "SELECT (SELECT count(*) FROM booked), (SELECT count(*) FROM held), f.window_id, f.amount, f.state, "
+        f"(SELECT b.alert_threshold_pct FROM {_BUDGETS} AS b WHERE b.id = (SELECT budget_id FROM settled)) "
+        "FROM (SELECT 1) AS x LEFT JOIN finished AS f ON true"
+    )
+
+
 _TARGET_FIELDS = (
     *(_field(Budget, name) for name in ("id", "scope", "scope_id", "period", "limit_usd", "action", "created_at")),
     *(_field(BudgetWindow, name) for name in ("id", "limit_usd", "spent", "reserved", "start")),
@@ -169,11 +196,15 @@ def usage_record(*, call_id: str, settle_budget: bool = False, **fields: Any) ->
     read from it always equal the ledger's sum. With `settle_budget`, the call's budget hold
     (budget_reserve) is finished in that transaction too, at the booked cost: settled when the
     attempt succeeded or cost something, else released, exactly as budget_settle / budget_release
-    called right after would; a crash between booking and settling can then no longer happen.
+    called right after would; a crash between booking and settling can then no longer happen
+    (on PostgreSQL one statement, _book_and_settle; a call with several holds has them finished in
+    a second transaction, which the stale-hold sweep completes if the process dies in between).
     """
     record = UsageRecord(call_id=call_id, **fields)
     db = _db()
     row = [f.get_db_prep_save(f.pre_save(record, True), db) for f in _LEDGER_FIELDS]
+    if db.vendor == "postgresql" and settle_budget and _book_and_settle(record, row):
+        return record
     # On PostgreSQL the row and its rollup are one statement, atomic by itself (a cache hit's whole
     # booking). Lock order: the rollup bucket, then the budget windows in id order, in every
     # transaction that takes both (this is the only one).
@@ -195,6 +226,44 @@ def usage_record(*, call_id: str, settle_budget: bool = False, **fields: Any) ->
                 call_id=call_id, actual=record.cost_usd if paid else None, now=timezone.now(), booked=record.cost_usd
             )
     return record
+
+
+def _book_and_settle(record: UsageRecord, row: list[Any]) -> bool:
+    """PostgreSQL: book a new ledger row and finish the call's hold in one statement, as
+    usage_record's transaction would (paid: settled at the row's cost; else released). False when
+    the row was booked before (a repeat): the caller then books it as usual, which changes nothing
+    but finishes the holds. With several holds the row is booked here and they are finished in a
+    second transaction; a crash in between leaves them to budget_release_stale, which settles a
+    booked call's holds at its ledger cost."""
+    paid = record.status == UsageRecord.Status.SUCCEEDED or record.cost_usd > 0
+    actual = Decimal(record.cost_usd) if paid else None
+    states = [BudgetReservation.State.HELD]
+    if paid:
+        states.append(BudgetReservation.State.RELEASED)
+    state = BudgetReservation.State.SETTLED if paid else BudgetReservation.State.RELEASED
+    now = timezone.now()
+    params = [*row, *_rollup_values(record), record.call_id, *states, state, actual, now, actual or ZERO]
+    params.append(BudgetReservation.State.HELD)
+    db = _db()
+    # Atomic by itself; inside a caller's transaction a savepoint keeps a failure (a check constraint)
+    # from aborting the caller's transaction, as usage_record's own transaction did.
+    with transaction.atomic() if db.in_atomic_block else contextlib.nullcontext():
+        rows = _fetch(_book_and_settle_sql(len(states)), params, ())
+    created, holds, window_id, amount, before, alert_pct = rows[0]
+    if not created:
+        return False
+    record._state.adding, record._state.db = False, db.alias
+    if holds > 1:
+        _finish(call_id=record.call_id, actual=actual, now=now, booked=record.cost_usd)
+    elif window_id is not None and actual is not None:
+        if before == BudgetReservation.State.HELD and actual > amount:
+            logger.warning(
+                "budget_settled_above_reservation", call_id=record.call_id, reserved=str(amount), actual=str(actual)
+            )
+        if alert_pct is not None:
+            with transaction.atomic():
+                _events_record(list(_threshold_events(window_id, record.call_id)))
+    return True
 
 
 def _rollup_values(record: UsageRecord) -> list[Any]:

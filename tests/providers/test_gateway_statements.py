@@ -34,14 +34,14 @@ def test_a_call_in_a_workspace_without_budgets_costs_three_statements(simulator,
     assert UsageHourly.objects.get().calls == 2
 
 
-def test_a_call_under_one_blocking_budget_costs_seven_statements(simulator, workspace, django_assert_num_queries):
+def test_a_call_under_one_blocking_budget_costs_three_statements(simulator, workspace, django_assert_num_queries):
     sim_model(sim_provider(simulator, workspace), alias="fast")
     budget_create(workspace=workspace, scope="workspace", period="month", limit_usd=Decimal("5"))
     ask(workspace)  # the first call of the period opens the budget's window
 
-    # The model's row; the budget lookup and the reservation (one statement); then one transaction
-    # (BEGIN, ledger row with rollup, the hold, the window, COMMIT).
-    with django_assert_num_queries(7):
+    # The model's row; the budget lookup and the reservation (one statement); the ledger row with
+    # its rollup, the hold settled and the window's spent (one statement).
+    with django_assert_num_queries(3):
         result = ask(workspace)
 
     window = BudgetWindow.objects.get()

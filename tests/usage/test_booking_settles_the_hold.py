@@ -95,3 +95,16 @@ def test_a_booking_whose_settlement_fails_writes_nothing_at_all(workspace, model
     assert not UsageRecord.objects.exists() and not UsageHourly.objects.exists()
     assert totals(budget) == (D("0"), D("0.5"))
     assert BudgetReservation.objects.get(call_id="c1").state == BudgetReservation.State.HELD
+
+
+def test_a_booking_that_crosses_the_alert_threshold_records_one_event(workspace, model):
+    from apps.usage.models import BudgetEvent
+
+    budget = make_budget(workspace, "1", alert_threshold_pct=50)
+    for n, cost in enumerate(["0.3", "0.25", "0.1"]):
+        budget_reserve(call_id=f"c{n}", amount=D("0.3"), workspace_id=workspace.pk)
+        book(model, call_id=f"c{n}", cost=cost, settle_budget=True)
+
+    assert totals(budget) == (D("0.65"), D("0"))
+    events = list(BudgetEvent.objects.filter(window__budget=budget))
+    assert [(e.kind, e.call_id, e.spent) for e in events] == [(BudgetEvent.Kind.THRESHOLD_REACHED, "c1", D("0.55"))]
