@@ -725,7 +725,7 @@ def _book(
     cost: Decimal,
     latency_ms: int,
     *,
-    settle_budget: bool,
+    settle_budget: int,
 ) -> None:
     prices = Prices.of(model)
     http_status = outcome.http_status if outcome.http_status is not None else (200 if outcome.ok else None)

@@ -189,21 +189,21 @@ _RESERVE_FAST = (
 # --- The ledger ------------------------------------------------------------------------------------
 
 
-def usage_record(*, call_id: str, settle_budget: bool = False, **fields: Any) -> UsageRecord:
+def usage_record(*, call_id: str, settle_budget: bool | int = False, **fields: Any) -> UsageRecord:
     """Book one provider call attempt. Idempotent on `call_id`: a repeat returns the first row unchanged.
 
     The hourly rollup is updated in the same transaction, only when the row is new, so reports
     read from it always equal the ledger's sum. With `settle_budget`, the call's budget hold
     (budget_reserve) is finished in that transaction too, at the booked cost: settled when the
     attempt succeeded or cost something, else released, exactly as budget_settle / budget_release
-    called right after would; a crash between booking and settling can then no longer happen
-    (on PostgreSQL one statement, _book_and_settle; a call with several holds has them finished in
-    a second transaction, which the stale-hold sweep completes if the process dies in between).
+    called right after would; a crash between booking and settling can then no longer happen.
+    `settle_budget` may be budget_reserve's count of holds: with exactly one, PostgreSQL does it all
+    in one statement (_book_and_settle).
     """
     record = UsageRecord(call_id=call_id, **fields)
     db = _db()
     row = [f.get_db_prep_save(f.pre_save(record, True), db) for f in _LEDGER_FIELDS]
-    if db.vendor == "postgresql" and settle_budget and _book_and_settle(record, row):
+    if db.vendor == "postgresql" and settle_budget == 1 and _book_and_settle(record, row):
         return record
     # On PostgreSQL the row and its rollup are one statement, atomic by itself (a cache hit's whole
     # booking). Lock order: the rollup bucket, then the budget windows in id order, in every
@@ -232,9 +232,10 @@ def _book_and_settle(record: UsageRecord, row: list[Any]) -> bool:
     """PostgreSQL: book a new ledger row and finish the call's hold in one statement, as
     usage_record's transaction would (paid: settled at the row's cost; else released). False when
     the row was booked before (a repeat): the caller then books it as usual, which changes nothing
-    but finishes the holds. With several holds the row is booked here and they are finished in a
-    second transaction; a crash in between leaves them to budget_release_stale, which settles a
-    booked call's holds at its ledger cost."""
+    but finishes the holds. Should the call hold several holds after all (settle_budget=True with
+    several budgets), the row is booked here and they are finished in a second transaction; a crash
+    in between leaves them to budget_release_stale, which settles a booked call's holds at its
+    ledger cost. The gateway passes budget_reserve's count, which takes the transaction instead."""
     paid = record.status == UsageRecord.Status.SUCCEEDED or record.cost_usd > 0
     actual = Decimal(record.cost_usd) if paid else None
     states = [BudgetReservation.State.HELD]
@@ -624,15 +625,15 @@ def budget_reserve(
     api_key_id: UUID | None = None,
     user_id: UUID | None = None,
     now: dt.datetime | None = None,
-) -> bool:
+) -> int:
     """Reserve `amount` in every budget window that applies to this call, or raise BudgetExceeded.
 
     All-or-nothing: one transaction, one conditional UPDATE per blocking window
     (`spent + reserved + amount <= limit`), windows in primary key order. Warn budgets take the
     reservation unconditionally and record a BudgetEvent when it goes over their limit.
     Idempotent on call_id: a call that already holds (or held) reservations reserves nothing more.
-    Returns whether the call holds reservations (False: no budget applies): only then is there a
-    hold to settle after the call.
+    Returns how many holds the call has (0: no budget applies): only then is there something to
+    settle after the call; usage_record(settle_budget=...) takes this count.
     """
     amount = Decimal(amount)
     if amount < 0:
@@ -645,14 +646,14 @@ def budget_reserve(
         hold = [Budget.Action.BLOCK, amount, amount, call_id, call_id, amount, BudgetReservation.State.HELD]
         rows = _fetch(_RESERVE_FAST.format(targets=sql), [*params, *hold, timezone.now()], _TARGET_FIELDS)
         if rows and rows[0][-1]:
-            return True
+            return 1
         # Not held: several budgets, a warn budget, a period not opened yet, a repeat, no room, or a
         # budget deleted meanwhile. The general path below finds out which and answers accordingly.
         targets = _targets_from(rows, workspace_id)
     else:
         targets = _budget_targets(**scope, now=now)
     if not targets:
-        return False
+        return 0
     fresh = [t.budget for t in targets if t.window is None]
     if fresh:
         # The first call of a period (or of a new budget) opens its window, race-free.
@@ -685,8 +686,9 @@ def budget_reserve(
                 repeat_ruled_out = True
             else:
                 if not repeat_ruled_out:
-                    if _fetch(f"SELECT 1 FROM {_RESERVATIONS} WHERE call_id = %s", [call_id], ()):
-                        return True  # reserved before: nothing more (nothing was changed by this call yet)
+                    earlier = _fetch(f"SELECT 1 FROM {_RESERVATIONS} WHERE call_id = %s", [call_id], ())
+                    if earlier:
+                        return len(earlier)  # reserved before: nothing more (nothing was changed by this call yet)
                     repeat_ruled_out = True
                 current = _window_totals(window.pk)
                 if current is None:
@@ -707,7 +709,7 @@ def budget_reserve(
                 [v for window_id in held for v in (call_id, window_id, amount, BudgetReservation.State.HELD, created)],
             )
         _events_record(events)
-    return bool(held)
+    return len(held)
 
 
 def budget_settle(*, call_id: str, actual: Decimal, now: dt.datetime | None = None) -> None:

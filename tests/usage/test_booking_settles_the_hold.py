@@ -74,14 +74,17 @@ def test_a_call_booked_after_its_hold_was_swept_still_counts_its_cost(workspace,
     assert totals(budget) == (D("0.2"), D("0"))
 
 
-def test_each_window_of_a_call_is_settled(workspace, model):
+@pytest.mark.parametrize("told", [True, False], ids=["told-the-count", "not-told"])
+def test_each_window_of_a_call_is_settled(workspace, model, told):
     month = make_budget(workspace, "1")
     day = make_budget(workspace, "1", period="day")
-    budget_reserve(call_id="c1", amount=D("0.5"), workspace_id=workspace.pk)
+    holds = budget_reserve(call_id="c1", amount=D("0.5"), workspace_id=workspace.pk)
+    assert holds == 2
 
-    book(model, call_id="c1", cost="0.07", settle_budget=True)
+    book(model, call_id="c1", cost="0.07", settle_budget=holds if told else True)
 
     assert totals(month) == totals(day) == (D("0.07"), D("0"))
+    assert set(BudgetReservation.objects.values_list("state", flat=True)) == {BudgetReservation.State.SETTLED}
 
 
 def test_a_booking_whose_settlement_fails_writes_nothing_at_all(workspace, model):
