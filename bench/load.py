@@ -28,6 +28,7 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    cpu_s: dict[str, float] = field(default_factory=dict)  # by part of the machine, with a meter
 
     @property
     def count(self) -> int:
@@ -47,11 +48,13 @@ def closed_loop(
     concurrency: int,
     requests_per_worker: int,
     make_state: Callable[[], object] | None = None,
+    meter: CpuMeter | None = None,
 ) -> LoadResult:
     """`concurrency` threads each run `call` back to back; each call's wall time is one latency.
 
     `call(i)` raises to report an error. A per-thread state (an HTTP client) comes from make_state
-    and is passed through a thread-local the caller's `call` reads via `state()`.
+    and is passed through a thread-local the caller's `call` reads via `state()`. `meter` reads the
+    CPU of the timed part only (after every thread has made its state), into `result.cpu_s`.
     """
     result = LoadResult()
     lock = threading.Lock()
@@ -78,11 +81,15 @@ def closed_loop(
     threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(concurrency)]
     for thread in threads:
         thread.start()
+    if meter is not None:
+        meter.start()  # the threads are made and have their clients: their set-up is not the load
     start_barrier.wait()
     t0 = time.perf_counter()
     for thread in threads:
         thread.join()
     result.wall_s = time.perf_counter() - t0
+    if meter is not None:
+        result.cpu_s = meter.stop()
     return result
 
 
@@ -124,6 +131,57 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total / CLOCK_TICKS
+
+
+def _ticks(pid: int) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+def pids_named(name: str) -> list[int]:
+    """Every process whose command name is `name` (e.g. all of PostgreSQL's backends)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    pids.append(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds used by groups of processes between `start()` and `stop()`.
+
+    A group is a callable that lists its pids at that moment (processes come and go: PostgreSQL
+    starts a backend per connection); a process that appears during the interval counts whole, one
+    that ends during it loses what it used since the start (rare here: connections are pooled).
+    """
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+        self._start: dict[str, dict[int, int]] = {}
+
+    def _snapshot(self) -> dict[str, dict[int, int]]:
+        snap: dict[str, dict[int, int]] = {}
+        for name, pids in self.groups.items():
+            ticks = {pid: _ticks(pid) for pid in pids()}
+            snap[name] = {pid: t for pid, t in ticks.items() if t is not None}
+        return snap
+
+    def start(self) -> None:
+        self._start = self._snapshot()
+
+    def stop(self) -> dict[str, float]:
+        end = self._snapshot()
+        return {
+            name: sum(t - self._start[name].get(pid, 0) for pid, t in end[name].items()) / CLOCK_TICKS
+            for name in self.groups
+        }
 
 
 def rss_mb(pid: int) -> float:

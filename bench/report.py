@@ -120,7 +120,8 @@ def render(results: dict[str, Any]) -> str:
         "  Direct and Keel alternate round by round; each figure is the median over rounds of that round's",
         "  percentile (nearest rank). *Added* = Keel p50 − direct p50 in the same run.",
         "- Server CPU per run = CPU time (user + system, from /proc) of the web server's process tree during",
-        "  the Keel phase ÷ runs served. The simulator, PostgreSQL and Redis are not counted.",
+        "  the Keel phase ÷ runs served. The simulator, PostgreSQL and Redis are not counted there; the",
+        "  same reading of every part of the machine is the section *The whole machine's CPU per run*.",
         "- Server times (cache hit, admin, API pages) are the app's own `Server-Timing` header (outermost",
         "  middleware), median of 5 after a warm-up.",
         "- Numbers on a 2-core machine running client, server, simulator, PostgreSQL and Redis together",
@@ -151,6 +152,7 @@ def render(results: dict[str, Any]) -> str:
             f"{_f(r['keel_p99'], 2)} | {_f(r['direct_rps'])} | {_f(r['keel_rps'])} | {_f(r['cpu_ms_per_run'], 2)} ms |"
         )
     out += ["", "Latencies in ms.", ""]
+    out += machine_cpu_section(results)
     for r in _rows(results, "cache_hit"):
         out += [
             "## Cache hit",
@@ -235,3 +237,50 @@ def server_model_section(results: dict[str, Any]) -> list[str]:
         "on the provider).",
     ]
     return lines
+
+
+def machine_cpu_section(results: dict[str, Any]) -> list[str]:
+    """Where the machine's CPU goes per run, by process: what bounds throughput on this machine."""
+    rows = [r for r in _rows(results, "sync") if r.get("machine_cpu_ms") and r["server"] == results["primary_server"]]
+    if not rows:
+        return []
+    cores = results["machine"]["cpus"]
+    parts = [("keel", "Keel web"), ("postgres", "PostgreSQL"), ("redis", "Redis"), ("simulator", "simulator")]
+    parts.append(("client", "load client"))
+    out = [
+        "## The whole machine's CPU per run",
+        "",
+        f"Every part shares the {cores} cores during the load. CPU ms per request of each ({results['primary_server']};",
+        "the load client is the benchmark's own process), and the most requests per second those cores",
+        "could serve at that cost (cores ÷ total):",
+        "",
+        "| provider latency | c | "
+        + " | ".join(label for _, label in parts)
+        + " | total | ceiling | direct total | direct ceiling |",
+        "|---|---|" + "---|" * (len(parts) + 4),
+    ]
+    for r in rows:
+        keel, direct = r["machine_cpu_ms"], r["direct_machine_cpu_ms"]
+        total, direct_total = sum(keel.values()), sum(direct.values())
+        out.append(
+            f"| {r['latency_ms']} ms | {r['concurrency']} | "
+            + " | ".join(_f(keel[key], 2) for key, _ in parts)
+            + f" | {_f(total, 2)} | {_f(cores * 1000 / total if total else float('nan'))}/s | {_f(direct_total, 2)} | "
+            f"{_f(cores * 1000 / direct_total if direct_total else float('nan'))}/s |"
+        )
+    slow = next((r for r in rows if r["latency_ms"] == 100 and r["concurrency"] == 32), None)
+    if slow is not None:
+        needed = 32 / ((slow["direct_p50"] + 10) / 1000)
+        budget = cores * 1000 / needed
+        used = slow["machine_cpu_ms"]
+        total = sum(used.values())
+        keel = used["keel"] + used["postgres"] + used["redis"]
+        out += [
+            "",
+            f"At c=32 with 100 ms provider latency, 10 ms added means {_f(needed)} runs/s (32 ÷ (direct p50 + 10 ms)):",
+            f"a budget of {_f(budget, 2)} ms of CPU per run for the whole machine. This run used {_f(total, 2)} ms (Keel's",
+            f"web process with its PostgreSQL and Redis {_f(keel, 2)} ms, the simulator and the load client",
+            f"{_f(total - keel, 2)} ms), so the cores cap it at about {_f(cores * 1000 / total)} runs/s and the rest of the",
+            "offered load waits in queues: that queueing is the added latency.",
+        ]
+    return out + [""]

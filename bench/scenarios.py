@@ -4,6 +4,7 @@ alternated round by round in the same run, and medians over rounds are reported.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,30 +123,54 @@ def _direct(latency_ms: int) -> Callable[[int], None]:
     return call
 
 
+def machine_meter(ctx: Ctx) -> load.CpuMeter:
+    """The CPU of everything a run touches on this machine, by part (the load client is this process)."""
+    return load.CpuMeter(
+        {
+            "keel": lambda: load.process_tree(ctx.web.pid),
+            "postgres": lambda: load.pids_named("postgres"),
+            "redis": lambda: load.pids_named("redis-server"),
+            "simulator": lambda: load.process_tree(ctx.simulator.pid),
+            "client": lambda: [os.getpid()],
+        }
+    )
+
+
+def _per_run(used: dict[str, float], count: int) -> dict[str, float]:
+    return {name: seconds * 1000 / max(1, count) for name, seconds in used.items()}
+
+
 def sync_overhead(ctx: Ctx) -> list[dict[str, Any]]:
     global _sim_url
     _sim_url = ctx.simulator.url
     rows = []
+    meter = machine_meter(ctx)
     for latency in LATENCIES_MS:
         for concurrency in ctx.plan.concurrencies:
             n = ctx.plan.per_worker[concurrency]
             direct_rounds, keel_rounds, cpu_rounds = [], [], []
+            direct_machine: list[dict[str, float]] = []
+            keel_machine: list[dict[str, float]] = []
             for _ in range(ctx.plan.rounds):
                 direct = load.closed_loop(
                     _direct(latency),
                     concurrency=concurrency,
                     requests_per_worker=n,
                     make_state=lambda lat=latency: _direct_client(lat),
+                    meter=meter,
                 )
+                direct_machine.append(_per_run(direct.cpu_s, direct.count))
                 direct_rounds.append(_summary(direct))
-                cpu0 = load.cpu_seconds(ctx.web.pid)
                 keel = load.closed_loop(
                     _run_sync(ctx, f"sync-{latency}"),
                     concurrency=concurrency,
                     requests_per_worker=n,
                     make_state=ctx.api,
+                    meter=meter,
                 )
-                cpu_rounds.append((load.cpu_seconds(ctx.web.pid) - cpu0) * 1000 / max(1, keel.count))
+                used = _per_run(keel.cpu_s, keel.count)
+                keel_machine.append(used)
+                cpu_rounds.append(used["keel"])
                 keel_rounds.append(_summary(keel))
                 if keel.errors:
                     ctx.notes.append(
@@ -167,6 +192,11 @@ def sync_overhead(ctx: Ctx) -> list[dict[str, Any]]:
                     "direct_rps": d["rps"],
                     "keel_rps": k["rps"],
                     "cpu_ms_per_run": load.median(cpu_rounds),
+                    # CPU ms per request of each part of the machine (medians over rounds).
+                    "machine_cpu_ms": {k: load.median([r[k] for r in keel_machine]) for k in keel_machine[0]},
+                    "direct_machine_cpu_ms": {
+                        k: load.median([r[k] for r in direct_machine]) for k in direct_machine[0]
+                    },
                     "ratio_p50": k["p50"] / d["p50"] if d["p50"] else float("nan"),
                     "errors": k["errors"],
                 }
