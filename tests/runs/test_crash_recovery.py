@@ -13,37 +13,19 @@ from apps.workflows.services import workflow_create
 from tests.runs.helpers import wait_for, wait_for_status
 from tests.support.simulator import sim_model, sim_provider, slow
 from tests.support.tenancy import key_client
+from tests.support.workers import HEARTBEAT_S, INTERVAL_S, QUICK_RECOVERY_ENV, STALE_S
+from tests.workflows.definitions import llm_chain_definition
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-# Short periods so the test is quick; the documented bound is STALE + INTERVAL (+ one heartbeat).
-HEARTBEAT_S, STALE_S, INTERVAL_S = 0.5, 3.0, 1.0
-WORKER_ENV = {
-    "KEEL_RUN_HEARTBEAT_S": str(HEARTBEAT_S),
-    "KEEL_RUN_STALE_S": str(STALE_S),
-    "KEEL_REAPER_INTERVAL_S": str(INTERVAL_S),
-}
-
 
 def three_slow_steps() -> dict:
-    return {
-        "slug": "three-steps",
-        "name": "Three model calls",
-        "input_schema": {"type": "object", "required": ["topic"], "properties": {"topic": {"type": "string"}}},
-        "steps": [
-            {"id": "one", "type": "llm", "model": "one", "prompt": "Outline {{ input.topic }}", "max_tokens": 30},
-            {"id": "two", "type": "llm", "model": "two", "prompt": "Expand: {{ steps.one.output }}", "max_tokens": 30},
-            {
-                "id": "three",
-                "type": "llm",
-                "model": "three",
-                "prompt": "Shorten: {{ steps.two.output }}",
-                "max_tokens": 30,
-            },
-        ],
-        "output": "{{ steps.three.output }}",
-        "limits": {"timeout_s": 120},
-    }
+    steps = [
+        ("one", "one", "Outline {{ input.topic }}"),
+        ("two", "two", "Expand: {{ steps.one.output }}"),
+        ("three", "three", "Shorten: {{ steps.two.output }}"),
+    ]
+    return llm_chain_definition("three-steps", steps, limits={"timeout_s": 120})
 
 
 def test_a_run_whose_worker_is_killed_during_step_2_is_finished_by_a_new_worker(workspace, simulator, rq_workers):
@@ -51,7 +33,7 @@ def test_a_run_whose_worker_is_killed_during_step_2_is_finished_by_a_new_worker(
     for alias in ("one", "two", "three"):
         sim_model(provider, alias=alias)
     workflow_create(workspace=workspace, definition=three_slow_steps())
-    first = rq_workers.start("runs", env=WORKER_ENV)
+    first = rq_workers.start("runs", env=QUICK_RECOVERY_ENV)
 
     response = key_client(workspace).post(
         "/api/v1/workflows/three-steps/runs/", {"input": {"topic": "tides"}, "mode": "async"}, format="json"
@@ -66,7 +48,7 @@ def test_a_run_whose_worker_is_killed_during_step_2_is_finished_by_a_new_worker(
     assert Run.objects.get(pk=run_id).status == "running"  # nobody has noticed yet
 
     booted = time.monotonic()
-    rq_workers.start("runs", env=WORKER_ENV)
+    rq_workers.start("runs", env=QUICK_RECOVERY_ENV)
     boot_s = time.monotonic() - booted
     resumed = wait_for(
         lambda: RunEvent.objects.filter(run_id=run_id, type="run.started", data__execution=2).first(),
@@ -114,7 +96,10 @@ def test_a_step_slower_than_the_stale_threshold_keeps_its_run_alive_by_heartbeat
     definition["steps"] = definition["steps"][:1]
     definition["output"] = "{{ steps.one.output }}"
     workflow_create(workspace=workspace, definition=definition)
-    workers = [rq_workers.start("runs", env=WORKER_ENV), rq_workers.start("runs", env=WORKER_ENV)]  # one is free
+    workers = [
+        rq_workers.start("runs", env=QUICK_RECOVERY_ENV),
+        rq_workers.start("runs", env=QUICK_RECOVERY_ENV),
+    ]  # one is free
     run_id = (
         key_client(workspace)
         .post("/api/v1/workflows/three-steps/runs/", {"input": {"topic": "tides"}, "mode": "async"}, format="json")

@@ -35,6 +35,15 @@ from django.db import connection
 from apps.core.redis import get_redis
 from tests.support.processes import PYTHON, ROOT, child_env
 
+# Recovery periods short enough for crash tests (the documented resumption bound is
+# STALE_S + INTERVAL_S, plus one heartbeat): the environment of workers that should resume quickly.
+HEARTBEAT_S, STALE_S, INTERVAL_S = 0.5, 3.0, 1.0
+QUICK_RECOVERY_ENV = {
+    "KEEL_RUN_HEARTBEAT_S": str(HEARTBEAT_S),
+    "KEEL_RUN_STALE_S": str(STALE_S),
+    "KEEL_REAPER_INTERVAL_S": str(INTERVAL_S),
+}
+
 
 def worker_database_url() -> str:
     """The URL of the database this test session uses (pytest-django's test_<name>)."""

@@ -15,35 +15,16 @@ from apps.workflows.services import workflow_create
 from tests.runs.helpers import wait_for, wait_for_status
 from tests.support.simulator import sim_configure, sim_model, sim_provider, slow
 from tests.support.tenancy import key_client
+from tests.support.workers import QUICK_RECOVERY_ENV, STALE_S
 from tests.usage.conftest import make_budget
+from tests.workflows.definitions import llm_chain_definition
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-HEARTBEAT_S, STALE_S, INTERVAL_S = 0.5, 3.0, 1.0
-WORKER_ENV = {
-    "KEEL_RUN_HEARTBEAT_S": str(HEARTBEAT_S),
-    "KEEL_RUN_STALE_S": str(STALE_S),
-    "KEEL_REAPER_INTERVAL_S": str(INTERVAL_S),
-}
-
 
 def two_calls() -> dict:
-    return {
-        "slug": "two-calls",
-        "name": "Two model calls",
-        "input_schema": {"type": "object", "required": ["topic"], "properties": {"topic": {"type": "string"}}},
-        "steps": [
-            {"id": "outline", "type": "llm", "model": "fast", "prompt": "Outline {{ input.topic }}", "max_tokens": 20},
-            {
-                "id": "expand",
-                "type": "llm",
-                "model": "slow",
-                "prompt": "Expand {{ steps.outline.output }}",
-                "max_tokens": 20,
-            },
-        ],
-        "output": "{{ steps.expand.output }}",
-    }
+    steps = [("outline", "fast", "Outline {{ input.topic }}"), ("expand", "slow", "Expand {{ steps.outline.output }}")]
+    return llm_chain_definition("two-calls", steps)
 
 
 def books_of(budget: Budget) -> tuple[BudgetWindow, Decimal, Decimal]:
@@ -65,7 +46,7 @@ def start_and_kill_mid_call(workspace, simulator, rq_workers) -> tuple[str, list
     sim_model(slow_provider, alias="slow")
     workflow_create(workspace=workspace, definition=two_calls())
     budget = make_budget(workspace, "1", period=Budget.Period.DAY)
-    worker = rq_workers.start("runs", env=WORKER_ENV)
+    worker = rq_workers.start("runs", env=QUICK_RECOVERY_ENV)
 
     response = key_client(workspace).post(
         "/api/v1/workflows/two-calls/runs/", {"input": {"topic": "tides"}, "mode": "async"}, format="json"
@@ -86,7 +67,7 @@ def test_after_a_worker_is_killed_mid_call_the_reaper_leaves_nothing_reserved_an
     run_id, in_flight, budget = start_and_kill_mid_call(workspace, simulator, rq_workers)
     assert BudgetWindow.objects.get(budget=budget).reserved > 0  # the dead worker's hold is still there
 
-    rq_workers.start("runs", env=WORKER_ENV)  # its periodic reaper finds the run and resumes it
+    rq_workers.start("runs", env=QUICK_RECOVERY_ENV)  # its periodic reaper finds the run and resumes it
     run = wait_for_status(run_id, {"succeeded", "failed", "cancelled"}, timeout=60)
 
     assert run.status == "succeeded", run.error

@@ -40,3 +40,20 @@ def triage_definition(**overrides: Any) -> dict[str, Any]:
     }
     definition.update(overrides)
     return definition
+
+
+def llm_chain_definition(slug: str, steps: list[tuple[str, str, str]], **overrides: Any) -> dict[str, Any]:
+    """A workflow of `llm` steps in a row, each `(id, model alias, prompt)`, on input `{"topic"}`; its
+    output is the last step's."""
+    definition: dict[str, Any] = {
+        "slug": slug,
+        "name": f"{len(steps)} model calls",
+        "input_schema": {"type": "object", "required": ["topic"], "properties": {"topic": {"type": "string"}}},
+        "steps": [
+            {"id": step_id, "type": "llm", "model": model, "prompt": prompt, "max_tokens": 30}
+            for step_id, model, prompt in steps
+        ],
+        "output": f"{{{{ steps.{steps[-1][0]}.output }}}}",
+    }
+    definition.update(overrides)
+    return definition
