@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import re
 import shutil
@@ -29,12 +30,15 @@ SHOWN = re.compile(
 )
 
 
-def measure(web_url: str, web_pid: int, token: str, *, slug: str, runs: int, same_input: bool) -> dict[str, Any]:
-    """Profile sync runs against a running one-worker gthread server; the result bench reports."""
+def measure(
+    web_url: str, web_pid: int, token: str, *, slug: str, runs: int, same_input: bool, sample: bool = True
+) -> dict[str, Any]:
+    """Profile sync runs against a running one-worker gthread server; the result bench reports.
+    Without `sample`, only CPU and wall time per run (no py-spy: nothing adds to the CPU)."""
     import httpx
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(spy).exists():
+    if sample and not Path(spy).exists():
         raise RuntimeError("py-spy is not installed (pip install -r requirements-dev.txt)")
     out = stack.VAR / "profile.txt"
     client = httpx.Client(base_url=f"{web_url}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=60)
@@ -48,6 +52,25 @@ def measure(web_url: str, web_pid: int, token: str, *, slug: str, runs: int, sam
     for i in range(50):  # warm-up: connections, caches, prepared statements
         run(i)
     worker = int(subprocess.run(["pgrep", "-P", str(web_pid)], capture_output=True, text=True).stdout.split()[0])
+    if not sample:
+        database = load.CpuMeter({"postgres": lambda: load.pids_named("postgres")})
+        database.start()
+        cpu0, t0 = load.cpu_seconds(worker), time.perf_counter()
+        for i in range(runs):
+            run(i)
+        cpu = (load.cpu_seconds(worker) - cpu0) * 1000 / runs
+        wall = (time.perf_counter() - t0) * 1000 / runs
+        postgres = database.stop()["postgres"] * 1000 / runs
+        client.close()
+        return {
+            "slug": slug,
+            "runs": runs,
+            "cpu_ms_per_run": cpu,
+            "wall_ms_per_run": wall,
+            "postgres_cpu_ms_per_run": postgres,
+            "samples": 0,
+            "top": [],
+        }
     sampler = subprocess.Popen(
         [spy, "record", "-p", str(worker), "-r", "500", "-f", "raw", "-o", str(out), "--nonblocking", "--gil"],
         stdout=subprocess.DEVNULL,
@@ -73,6 +96,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=400)
     parser.add_argument("--same-input", action="store_true", help="the same input every run (cache hits)")
     parser.add_argument("--top", type=int, default=45)
+    parser.add_argument("--no-sample", action="store_true", help="CPU and wall per run only, without py-spy")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON (bench.compare reads it)")
     args = parser.parse_args(argv)
 
     env = stack.bench_env()
@@ -86,8 +111,16 @@ def main(argv: list[str]) -> int:
     principal = fixtures.create_principal()
     with stack.simulator(env) as sim, stack.web(env, stack.gthread(1, 16)) as web:
         fixtures.create_resources(web.url, principal.token, sim.url)
-        result = measure(web.url, web.pid, principal.token, slug=args.slug, runs=args.runs, same_input=args.same_input)
-    print("\n".join(lines(result, args.top)))
+        result = measure(
+            web.url,
+            web.pid,
+            principal.token,
+            slug=args.slug,
+            runs=args.runs,
+            same_input=args.same_input,
+            sample=not args.no_sample,
+        )
+    print(json.dumps(result) if args.json else "\n".join(lines(result, args.top)))
     return 0
 
 
