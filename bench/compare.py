@@ -4,9 +4,9 @@ Whole benchmark runs taken at different times do not compare on a shared machine
 by 10-15% within minutes). This measures the two versions in the same minutes instead: a git
 worktree of REV and this working tree take turns, round by round, each running `bench.profile
 --no-sample` (sync runs one at a time against one gunicorn gthread worker: CPU of the worker and of
-PostgreSQL, and wall time, per run). It prints each round and the medians, and the ratio this / REV. The worktree
-gets this tree's bench/ (the harness is the same for both; only the application differs) and is
-removed at the end.
+PostgreSQL, and wall time, per run). It prints each round, the medians and the ratio this / REV.
+The worktree gets this tree's bench/ (the harness is the same for both; only the application
+differs) and is removed at the end.
 """
 
 from __future__ import annotations

@@ -59,6 +59,9 @@ def _insert_of(model: type[Model]) -> tuple[list[Any], list[bool], str, str]:
             f"INSERT INTO {table} ({columns}) SELECT {columns} FROM json_populate_recordset(NULL::{table}, %s::json)"
         )
         auto = [bool(getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)) for f in fields]
+        # _json_default writes a JSONField's value with the standard encoder: no other may be set.
+        custom = [f.name for f in fields if getattr(f, "encoder", None) is not None]
+        assert not custom, f"{model.__name__}.{custom}: a JSON encoder rows_insert does not apply"
         cached = _INSERTS[model] = (fields, auto, values, recordset)
     return cached
 
@@ -78,7 +81,7 @@ def _prepared(row: Model, fields: list[Any], auto: list[bool], now: datetime, db
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, Jsonb):
-        return value.obj  # a JSONField's value: the JSON itself (these models' fields have no encoder)
+        return value.obj  # a JSONField's value: the JSON itself (_insert_of checks it has no encoder)
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, UUID | Decimal):

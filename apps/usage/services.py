@@ -243,8 +243,8 @@ def _book_and_settle(record: UsageRecord, row: list[Any]) -> bool:
         states.append(BudgetReservation.State.RELEASED)
     state = BudgetReservation.State.SETTLED if paid else BudgetReservation.State.RELEASED
     now = timezone.now()
-    params = [*row, *_rollup_values(record), record.call_id, *states, state, actual, now, actual or ZERO]
-    params.append(BudgetReservation.State.HELD)
+    held = BudgetReservation.State.HELD
+    params = [*row, *_rollup_values(record), record.call_id, *states, state, actual, now, actual or ZERO, held]
     db = _db()
     # Atomic by itself; inside a caller's transaction a savepoint keeps a failure (a check constraint)
     # from aborting the caller's transaction, as usage_record's own transaction did.
