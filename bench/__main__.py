@@ -50,6 +50,16 @@ def main(argv: list[str]) -> int:
             ctx = scenarios.Ctx(web=web, simulator=sim, token=principal.token, plan=plan, server_model=primary.name)
             print(f"[bench] sync overhead ({primary.name})", flush=True)
             rows += [dict(r, server=primary.name) for r in scenarios.sync_overhead(ctx)]
+            print("[bench] the floor of the stack", flush=True)
+            from bench.floor import measure as floor_measure
+
+            with stack.web(floor_measure.floor_env(env, sim.url), primary, name="floor") as floor:
+                for config in floor_measure.QUICK if args.quick else floor_measure.FULL:
+                    measured = floor_measure.measure(
+                        keel=web, floor=floor, simulator=sim, token=principal.token, config=config, rounds=plan.rounds
+                    )
+                    rows.append({"scenario": "floor", **measured})
+                    notes += [f"floor {config}: {e}" for e in measured["errors"][:1]]
             print("[bench] cache hit", flush=True)
             rows += scenarios.cache_hit(ctx)
             print("[bench] streaming", flush=True)

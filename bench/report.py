@@ -41,22 +41,44 @@ def _rows(results: dict[str, Any], scenario: str) -> list[dict[str, Any]]:
     return [r for r in results["rows"] if r["scenario"] == scenario]
 
 
-def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
-    """(target, limit, measured, met) for every target of issue #6 that this run measured."""
+def _floor(results: dict[str, Any], latency_ms: int, concurrency: int) -> dict[str, dict[str, float]] | None:
+    for r in _rows(results, "floor"):
+        if r["latency_ms"] == latency_ms and r["concurrency"] == concurrency:
+            return r["targets"]
+    return None
+
+
+def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool, str]]:
+    """(target, limit, measured, met, floor) for every target of issue #6 that this run measured.
+
+    `floor` is the same figure for the floor of the stack (bench/floor) that does what the target's
+    request cannot skip: Keel's API authentication, and the completion where one is made; "" if not
+    measured or not applicable."""
     out = []
     primary = results["primary_server"]
     sync = {(r["latency_ms"], r["concurrency"]): r for r in _rows(results, "sync") if r.get("server") == primary}
+    quick, loaded = _floor(results, 0, 1), _floor(results, 100, 32)
     if (0, 1) in sync:
         r = sync[(0, 1)]
-        out.append(("sync, c=1, 0 ms: added p50", "<= 3 ms", _f(r["added_p50"], 2), r["added_p50"] <= 3))
+        floor = _f(quick["api_sdk"]["added_p50"], 2) if quick else ""
+        out.append(("sync, c=1, 0 ms: added p50", "<= 3 ms", _f(r["added_p50"], 2), r["added_p50"] <= 3, floor))
+        floor = _f(quick["api_sdk"]["web"], 2) if quick else ""
         out.append(
-            ("sync, c=1, 0 ms: server CPU per run", "<= 3 ms", _f(r["cpu_ms_per_run"], 2), r["cpu_ms_per_run"] <= 3)
+            (
+                "sync, c=1, 0 ms: server CPU per run",
+                "<= 3 ms",
+                _f(r["cpu_ms_per_run"], 2),
+                r["cpu_ms_per_run"] <= 3,
+                floor,
+            )
         )
     if (100, 32) in sync:
         r = sync[(100, 32)]
-        out.append(("sync, c=32, 100 ms: added p50", "<= 10 ms", _f(r["added_p50"], 2), r["added_p50"] <= 10))
+        floor = _f(loaded["api_sdk"]["added_p50"], 2) if loaded else ""
+        out.append(("sync, c=32, 100 ms: added p50", "<= 10 ms", _f(r["added_p50"], 2), r["added_p50"] <= 10, floor))
     for r in _rows(results, "cache_hit"):
-        out.append(("cache hit: server p50", "<= 2 ms", _f(r["server_p50"], 2), r["server_p50"] <= 2))
+        floor = _f(quick["api"]["server_p50"], 2) if quick else ""
+        out.append(("cache hit: server p50", "<= 2 ms", _f(r["server_p50"], 2), r["server_p50"] <= 2, floor))
     for r in _rows(results, "async"):
         if r["workers"] == 1:
             out.append(
@@ -65,6 +87,7 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
                     "<= 5 ms",
                     _f(r["enqueue_to_start_p50"], 2),
                     r["enqueue_to_start_p50"] <= 5,
+                    "",
                 )
             )
     for r in _rows(results, "scale"):
@@ -75,6 +98,7 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
                 f"<= {limit} ms",
                 _f(r["server_ms"], 1),
                 r["server_ms"] <= limit and r["status"] == 200,
+                "",
             )
         )
     return out
@@ -93,8 +117,9 @@ def table(results: dict[str, Any]) -> str:
             f"{_f(r['keel_rps']):>10}{_f(r['cpu_ms_per_run'], 2):>12}"
         )
     lines.append("")
-    for target, limit, measured, met in verdicts(results):
-        lines.append(f"{'MET ' if met else 'MISS'}  {target}: {measured} ms (target {limit})")
+    for target, limit, measured, met, floor in verdicts(results):
+        at_floor = f"; floor of the stack {floor} ms" if floor else ""
+        lines.append(f"{'MET ' if met else 'MISS'}  {target}: {measured} ms (target {limit}{at_floor})")
     return "\n".join(lines)
 
 
@@ -134,11 +159,16 @@ def render(results: dict[str, Any]) -> str:
         "",
         "## Targets (issue #6)",
         "",
-        "| target | limit | measured | |",
-        "|---|---|---|---|",
+        "The *floor* column is the same figure for the floor of the stack (section *The floor of the stack*):",
+        "a DRF view with Keel's API-key authentication, permission and throttle, and the chat completion",
+        "where the target's request makes one, that stores nothing.",
+        "",
+        "| target | limit | measured | | floor |",
+        "|---|---|---|---|---|",
     ]
-    for target, limit, measured, met in verdicts(results):
-        out.append(f"| {target} | {limit} | {measured} ms | {'met' if met else '**missed**'} |")
+    for target, limit, measured, met, floor in verdicts(results):
+        floor_cell = f"{floor} ms" if floor else ""
+        out.append(f"| {target} | {limit} | {measured} ms | {'met' if met else '**missed**'} | {floor_cell} |")
     out += [
         "",
         "## Sync overhead",
@@ -154,6 +184,7 @@ def render(results: dict[str, Any]) -> str:
         )
     out += ["", "Latencies in ms.", ""]
     out += machine_cpu_section(results)
+    out += floor_section(results)
     for r in _rows(results, "cache_hit"):
         out += [
             "## Cache hit",
@@ -285,3 +316,49 @@ def machine_cpu_section(results: dict[str, Any]) -> list[str]:
             "offered load waits in queues: that queueing is the added latency.",
         ]
     return out + [""]
+
+
+def floor_section(results: dict[str, Any]) -> list[str]:
+    """The floor of the stack next to Keel, measured in the same rounds (bench/floor)."""
+    rows = _rows(results, "floor")
+    if not rows:
+        return []
+    from bench.floor.measure import lines
+
+    out = [
+        "## The floor of the stack",
+        "",
+        "What the chosen parts cost per request before Keel's own work begins, served by a second server of",
+        f"the same model ({results['primary_server']}) with Keel's settings and middleware and the endpoints of",
+        "`bench/floor/` (a URLconf only the benchmark serves). The direct call, the floor's endpoints and",
+        "Keel take turns round by round; *added* is against the direct call of the same run; *server* is",
+        "the `Server-Timing` the outermost middleware reports. `python -m bench.floor` measures this alone.",
+        "",
+        *lines(rows),
+    ]
+    quick = _floor(results, 0, 1)
+    if quick is not None:
+        floor, keel, hit, api = quick["api_sdk"], quick["keel"], quick["keel_cached"], quick["api"]
+        thinnest = quick["sdk"]
+        out += [
+            "At c=1 with 0 ms provider latency, the thinnest server that makes the completion (Django, Keel's",
+            f"middleware and the SDK, no database) uses {_f(thinnest['web'], 2)} ms of web CPU per request and adds "
+            f"{_f(thinnest['added_p50'], 2)} ms;",
+            f"with Keel's API authentication in front it is {_f(floor['web'], 2)} ms and {_f(floor['added_p50'], 2)} ms. "
+            "The targets for Keel, which also stores",
+            "the run, its step, its usage and its budget hold, are 3 ms of CPU and 3 ms added. What Keel's own",
+            f"work costs on top of that floor: {_f(keel['web'] - floor['web'], 2)} ms of web CPU and "
+            f"{_f(keel['postgres'] - floor['postgres'], 2)} ms of PostgreSQL per run. A",
+            f"cache hit's floor (the authenticated API, no completion) answers in {_f(api['server_p50'], 2)} ms of "
+            f"server time; Keel's hit, which records a run, in {_f(hit['server_p50'], 2)} ms.",
+            "",
+        ]
+    loaded = _floor(results, 100, 32)
+    if loaded is not None:
+        out += [
+            f"At c=32 with 100 ms provider latency the same floor adds {_f(loaded['api_sdk']['added_p50'], 2)} ms "
+            f"({_f(loaded['api_sdk']['rps'])} requests/s) and Keel {_f(loaded['keel']['added_p50'], 2)} ms "
+            f"({_f(loaded['keel']['rps'])} runs/s); the target is 10 ms.",
+            "",
+        ]
+    return out

@@ -66,20 +66,18 @@ class Ctx:
         )
 
 
-def _direct_client(latency_ms: int = 0, per_token_ms: int = 0) -> openai.OpenAI:
+def direct_client(simulator_url: str, latency_ms: int = 0, per_token_ms: int = 0) -> openai.OpenAI:
+    """The baseline: the `openai` SDK straight to the simulator, with the latency the Keel side gets."""
     knobs = {"latency_first_ms": latency_ms} if latency_ms else {}
     if per_token_ms:
         knobs["latency_per_token_ms"] = per_token_ms
     return openai.OpenAI(
-        base_url=f"{_sim_url}/v1",
+        base_url=f"{simulator_url}/v1",
         api_key="bench",
         max_retries=0,
         timeout=60,
         default_headers={KNOBS_HEADER: json.dumps(knobs)},
     )
-
-
-_sim_url = ""
 
 
 def _summary(result: load.LoadResult) -> dict[str, float]:
@@ -110,7 +108,7 @@ def _run_sync(ctx: Ctx, slug: str) -> Callable[[int], None]:
     return call
 
 
-def _direct(latency_ms: int) -> Callable[[int], None]:
+def direct_call(latency_ms: int) -> Callable[[int], None]:
     def call(i: int) -> None:
         client: openai.OpenAI = load.state()  # type: ignore[assignment]
         client.chat.completions.create(
@@ -141,8 +139,6 @@ def _per_run(used: dict[str, float], count: int) -> dict[str, float]:
 
 
 def sync_overhead(ctx: Ctx) -> list[dict[str, Any]]:
-    global _sim_url
-    _sim_url = ctx.simulator.url
     rows = []
     meter = machine_meter(ctx)
     for latency in LATENCIES_MS:
@@ -153,10 +149,10 @@ def sync_overhead(ctx: Ctx) -> list[dict[str, Any]]:
             keel_machine: list[dict[str, float]] = []
             for _ in range(ctx.plan.rounds):
                 direct = load.closed_loop(
-                    _direct(latency),
+                    direct_call(latency),
                     concurrency=concurrency,
                     requests_per_worker=n,
-                    make_state=lambda lat=latency: _direct_client(lat),
+                    make_state=lambda lat=latency: direct_client(ctx.simulator.url, lat),
                     meter=meter,
                 )
                 direct_machine.append(_per_run(direct.cpu_s, direct.count))
@@ -297,7 +293,7 @@ def async_runs(ctx: Ctx, worker_count: int) -> list[dict[str, Any]]:
 
 def streaming(ctx: Ctx) -> list[dict[str, Any]]:
     keel_ttft, direct_ttft = [], []
-    client = _direct_client(per_token_ms=STREAM_PER_TOKEN_MS)
+    client = direct_client(ctx.simulator.url, per_token_ms=STREAM_PER_TOKEN_MS)
     with ctx.api() as api:
         for i in range(ctx.plan.stream_samples):
             prompt = f"stream {i} {time.time_ns()}"

@@ -163,10 +163,10 @@ def sync_workers(workers: int) -> ServerModel:
 
 
 @contextmanager
-def web(env: dict[str, str], model: ServerModel) -> Iterator[Proc]:
+def web(env: dict[str, str], model: ServerModel, name: str = "web") -> Iterator[Proc]:
     port = free_port()
     argv = [PYTHON, *model.argv, "--bind", f"127.0.0.1:{port}"]
-    with process(argv, env, VAR / "web.log", f"http://127.0.0.1:{port}", "/healthz") as proc:
+    with process(argv, env, VAR / f"{name}.log", f"http://127.0.0.1:{port}", "/healthz") as proc:
         yield proc
 
 
