@@ -15,15 +15,17 @@ CONTRACT (used by the run engine; keep these names and meanings):
         on_delta=callable | None,        # given: the call streams and each text delta is passed in order
         should_abort=callable | None,    # polled between attempts and between stream chunks
         call_key="<run id>-<step id>-<execution n>",  # prefix for call_ids: f"{call_key}-{n}", n = 1, 2, ...
-        on_attempt=callable | None,      # called with each call_id just before its request is sent
+        on_attempt=callable | None,      # on_attempt(call_id, model alias, provider name) just before
+                                         # each request is sent
     ) -> GatewayResult                   # or raises ProviderError / CallAborted / BudgetExceeded
 
 Every attempt (cache hits included) is booked in the usage ledger under a call_id made before the
 call, so the books are exact under retries; `GatewayResult.call_ids` lists them. With `call_key`
 given, call ids are `f"{call_key}-{n}"` (n counts attempts across the whole fallback chain, cache
 hit included); without it they are random. `on_attempt` lets the engine note the in-flight call_id
-(on its StepRun) so that, after a crash, a call that was sent but never booked can be booked as
-abandoned by whoever resumes the run, and its budget reservation released.
+and the model it goes to (on its StepRun) so that, after a crash, a call that was sent but never
+booked can be booked as abandoned, against the model actually called (a fallback included), by
+whoever resumes the run, and its budget reservation released.
 
 IMPLEMENTATION NOTES (additions to the contract; nothing above changed):
 - `retries=None` means "the provider's max_retries". `on_retry` (optional) is called when an
@@ -218,7 +220,7 @@ def gateway_complete(
     on_delta: Callable[[str], None] | None = None,
     should_abort: Callable[[], bool] | None = None,
     call_key: str | None = None,
-    on_attempt: Callable[[str], None] | None = None,
+    on_attempt: Callable[[str, str, str], None] | None = None,
     on_retry: Callable[[], None] | None = None,
 ) -> GatewayResult:
     started = time.monotonic()
@@ -298,7 +300,7 @@ def gateway_complete(
                 raise
             try:
                 if on_attempt is not None:
-                    on_attempt(call_id)
+                    on_attempt(call_id, candidate.alias, provider.name)
             except BaseException:
                 usage_services.budget_release(call_id=call_id)
                 breaker.breaker_probe_release(candidate.pk)

@@ -13,9 +13,9 @@ Durability, in one place:
 - Holding the lease, the executor numbers the run's events itself and writes them with the
   checkpoint they belong to (`last_event_seq` is saved in the same UPDATE, so whoever writes next,
   the reaper or a resumed execution, continues the sequence).
-- Before each provider request the gateway reports its call id (`on_attempt`); it is committed on
-  the StepRun before the request is sent, so whoever recovers a crash can book a call that never
-  returned. A step's start (status, execution count, `step.started`) is written with that first
+- Before each provider request the gateway reports its call id and the model it goes to
+  (`on_attempt`); both are committed on the StepRun before the request is sent, so whoever recovers
+  a crash can book a call that never returned, against the model it was sent to. A step's start (status, execution count, `step.started`) is written with that first
   call id, or with the step's result when it makes no call: one transaction instead of two.
 - Each finished step is committed before anything else happens, except the last one, which is
   committed with the run's end (nothing external happens between the two).
@@ -171,8 +171,8 @@ class _StepContext:
     def on_delta(self, text: str, *, answer: int = 1) -> None:
         self._executor.delta(self._step, text, answer)
 
-    def on_attempt(self, call_id: str) -> None:
-        self._executor.note_call(self._step, call_id)
+    def on_attempt(self, call_id: str, model: str, provider: str) -> None:
+        self._executor.note_call(self._step, call_id, model=model, provider=provider)
 
     def should_abort(self) -> bool:
         return self._executor.should_abort()
@@ -483,11 +483,14 @@ class Executor:
         self._delta_sent_any = False
         logger.debug("step_started", step=step.step_id, type=step.type, execution=step.executions)
 
-    def note_call(self, step: StepRun, call_id: str) -> None:
-        """Commit the call id before the request goes out (we are outside any transaction here)."""
+    def note_call(self, step: StepRun, call_id: str, *, model: str, provider: str) -> None:
+        """Commit the call id, and the model being called, before the request goes out (we are
+        outside any transaction here). The step's model is then the one its last call went to, which
+        the reaper books a cut call against; the step's end records the model that answered."""
         if call_id in step.call_ids:
             return
         step.call_ids = [*step.call_ids, call_id]
+        step.model, step.provider = model, provider
         if self._unsaved is not None:
             self._write()  # the step's start and this call id, in one transaction
             if self._cancel_requested:
@@ -496,7 +499,7 @@ class Executor:
                 self.abort_reason = "cancelled"
                 raise CallAborted("the run was cancelled before the call was sent")
         else:
-            StepRun.objects.filter(pk=step.pk).update(call_ids=step.call_ids)
+            StepRun.objects.filter(pk=step.pk).update(call_ids=step.call_ids, model=model, provider=provider)
 
     def _step_finish(
         self,

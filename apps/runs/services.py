@@ -23,7 +23,7 @@ from django.utils import timezone
 from apps.accounts.tenancy import Actor
 from apps.core.jobs import enqueue_after_commit
 from apps.core.problems import ConflictProblem, IdempotencyMismatch, ValidationProblem
-from apps.providers.models import Model
+from apps.providers.selectors import models_by_alias
 from apps.runs import events, sql
 from apps.runs.engine import Claim, Executor, error_body, run_claim, run_claim_new, run_timeout_s
 from apps.runs.models import IdempotencyKey, Run, StepRun
@@ -460,13 +460,17 @@ def _reap_stale(*, run_id: UUID, cutoff: Any, now: Any, report: ReapReport) -> N
 
 
 def _book_abandoned_calls(*, run: Run, step: StepRun, spec: dict[str, Any]) -> list[str]:
-    """Book each call the step started but nobody booked: once, failed, zero tokens, at the step's
-    model's prices; release its budget hold. Idempotent: usage_record keeps the first row."""
+    """Book each call the step started but nobody booked: once, failed, zero tokens, against the
+    model it was sent to; release its budget hold. Idempotent: usage_record keeps the first row.
+
+    Calls of a step go out one after another and each is booked before the next is noted, so only
+    the last can be unbooked, and the step's `model` is the one that call went to (`note_call`). Without that model (a row written
+    before Keel recorded it, or the model has since been deleted) the step's main model is used."""
     if not step.call_ids:
         return []
-    model = (
-        Model.objects.filter(workspace_id=run.workspace_id, alias=spec.get("model")).select_related("provider").first()
-    )
+    aliases = [alias for alias in (step.model, spec.get("model")) if alias]
+    found = models_by_alias(workspace_id=run.workspace_id, aliases=aliases)
+    model = next((found[alias] for alias in aliases if alias in found), None)
     if model is None:
         logger.error("abandoned_calls_unbooked", step=step.step_id, call_ids=step.call_ids, reason="model is gone")
         return []

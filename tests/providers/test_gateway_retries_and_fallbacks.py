@@ -98,12 +98,31 @@ def test_call_ids_follow_the_call_key_and_on_attempt_sees_each_before_it_is_sent
         messages=MESSAGES,
         retries=2,
         call_key="run1-classify-1",
-        on_attempt=lambda call_id: seen.append((call_id, simulator.calls("sim-fast"))),
+        on_attempt=lambda call_id, model, provider: seen.append((call_id, simulator.calls("sim-fast"))),
     )
 
     assert result.call_ids == ["run1-classify-1-1", "run1-classify-1-2", "run1-classify-1-3"]
     # Each id was announced while the simulator had seen only the attempts before it.
     assert seen == [("run1-classify-1-1", 0), ("run1-classify-1-2", 1), ("run1-classify-1-3", 2)]
+
+
+def test_on_attempt_names_the_model_and_provider_each_call_goes_to_fallbacks_included(simulator, workspace):
+    sim_model(sim_provider(simulator, workspace, name="Primary", config=always(500)), alias="fast")
+    sim_model(sim_provider(simulator, workspace, name="Secondary"), alias="backup")
+    seen: list[tuple[str, str, str]] = []
+
+    result = gateway_complete(
+        ctx=CallContext(workspace_id=workspace.pk),
+        model="fast",
+        fallbacks=["backup"],
+        messages=MESSAGES,
+        retries=0,
+        call_key="run1-classify-1",
+        on_attempt=lambda call_id, model, provider: seen.append((call_id, model, provider)),
+    )
+
+    assert result.model_alias == "backup"
+    assert seen == [("run1-classify-1-1", "fast", "Primary"), ("run1-classify-1-2", "backup", "Secondary")]
 
 
 def test_an_unknown_alias_is_a_model_not_found_error_without_any_call(simulator, workspace):

@@ -77,7 +77,7 @@ def test_cancelling_mid_stream_stops_the_call_books_the_attempt_and_is_not_bille
             messages=MESSAGES,
             on_delta=deltas.append,
             should_abort=lambda: len(deltas) >= 3,
-            on_attempt=call_ids.append,
+            on_attempt=lambda call_id, model, provider: call_ids.append(call_id),
         )
 
     assert len(deltas) == 3

@@ -11,7 +11,7 @@ from apps.runs.models import Run, RunEvent, StepRun
 from apps.usage.models import UsageRecord
 from apps.workflows.services import workflow_create
 from tests.runs.helpers import wait_for, wait_for_status
-from tests.support.simulator import sim_model, sim_provider, slow
+from tests.support.simulator import always, sim_model, sim_provider, slow
 from tests.support.tenancy import key_client
 from tests.support.workers import HEARTBEAT_S, INTERVAL_S, QUICK_RECOVERY_ENV, STALE_S
 from tests.workflows.definitions import llm_chain_definition
@@ -86,6 +86,44 @@ def test_a_run_whose_worker_is_killed_during_step_2_is_finished_by_a_new_worker(
     assert sum(r.output_tokens for r in ledger) == stats["completion_tokens"]
     assert run.cost_usd == sum(r.cost_usd for r in ledger)
     assert settings.KEEL_RUN_MAX_EXECUTIONS >= 2
+
+
+def test_a_call_cut_on_the_fallback_model_is_booked_against_the_fallback(workspace, simulator, rq_workers):
+    """The ledger says which model a cut call went to: the step's main model failed, and the worker
+    died while its fallback, on another provider, was answering."""
+    sim_model(sim_provider(simulator, workspace, name="Primary", config=always(500)), alias="fast")
+    sim_model(sim_provider(simulator, workspace, name="Secondary", config=slow(1.5)), alias="backup")
+    definition = llm_chain_definition("fallback", [("answer", "fast", "Answer {{ input.topic }}")])
+    definition["steps"][0].update(fallbacks=["backup"], retries=0)
+    workflow_create(workspace=workspace, definition=definition)
+    first = rq_workers.start("runs", env=QUICK_RECOVERY_ENV)
+
+    response = key_client(workspace).post(
+        "/api/v1/workflows/fallback/runs/", {"input": {"topic": "tides"}, "mode": "async"}, format="json"
+    )
+    run_id = response.json()["id"]
+    wait_for(lambda: simulator.calls("sim-backup") == 1, timeout=30, what="the fallback's call to reach the simulator")
+    in_flight = StepRun.objects.get(run_id=run_id)
+    # While it waits, the step shows the model being called.
+    assert (in_flight.status, in_flight.model, in_flight.provider) == ("running", "backup", "Secondary")
+    assert len(in_flight.call_ids) == 2  # the main model's failed call, then the fallback's
+    first.kill()
+
+    rq_workers.start("runs", env=QUICK_RECOVERY_ENV)
+    run = wait_for_status(run_id, {"succeeded", "failed", "cancelled"}, timeout=90)
+
+    assert run.status == "succeeded" and run.executions == 2, run.error
+    ledger = list(UsageRecord.objects.filter(run_id=run_id).order_by("created_at"))
+    assert len(ledger) == simulator.calls() == 4  # fast fails, backup is cut; fast fails, backup answers
+    cut = [row for row in ledger if row.error_code == "abandoned"]
+    assert [row.call_id for row in cut] == in_flight.call_ids[-1:]
+    assert (cut[0].model_alias, cut[0].provider_name, cut[0].cost_usd) == ("backup", "Secondary", 0)
+    assert [(row.model_alias, row.status) for row in ledger if row.error_code != "abandoned"] == [
+        ("fast", "failed"),
+        ("fast", "failed"),
+        ("backup", "succeeded"),
+    ]
+    assert sum(r.output_tokens for r in ledger) == simulator.stats()["completion_tokens"]
 
 
 def test_a_step_slower_than_the_stale_threshold_keeps_its_run_alive_by_heartbeating(workspace, simulator, rq_workers):

@@ -63,6 +63,26 @@ def test_a_run_whose_heartbeat_stopped_is_queued_again_and_its_cut_call_booked_o
     assert UsageRecord.objects.filter(run_id=run.pk).count() == 1
 
 
+def test_a_cut_call_is_booked_against_the_model_the_step_was_calling(crashed):
+    # The step had fallen back to "backup" when its executor died (note_call records it).
+    StepRun.objects.filter(run=crashed).update(model="backup", provider="Simulator")
+
+    runs_reap()
+
+    step = StepRun.objects.get(run=crashed)
+    row = UsageRecord.objects.get(call_id=step.call_ids[0])
+    assert (row.error_code, row.model_alias, row.provider_name) == ("abandoned", "backup", "Simulator")
+
+
+def test_a_cut_call_whose_model_is_gone_is_booked_against_the_steps_main_model(crashed):
+    StepRun.objects.filter(run=crashed).update(model="deleted-since", provider="Simulator")
+
+    runs_reap()
+
+    row = UsageRecord.objects.get(call_id=StepRun.objects.get(run=crashed).call_ids[0])
+    assert (row.error_code, row.model_alias) == ("abandoned", "fast")
+
+
 def test_a_run_already_executed_the_maximum_times_is_failed_worker_lost(crashed, settings):
     Run.objects.filter(pk=crashed.pk).update(executions=settings.KEEL_RUN_MAX_EXECUTIONS)
     assert runs_reap().failed == [str(crashed.pk)]

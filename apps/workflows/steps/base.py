@@ -57,8 +57,9 @@ class StepContext(Protocol):
     def on_delta(self, text: str, *, answer: int = 1) -> None:
         """Streamed text of the step's `answer`-th answer, in order (a new number starts a new answer)."""
 
-    def on_attempt(self, call_id: str) -> None:
-        """Called with each ledger call id just before its provider request is sent."""
+    def on_attempt(self, call_id: str, model: str, provider: str) -> None:
+        """Called with each ledger call id, and the model alias and provider name it goes to, just
+        before its provider request is sent."""
 
     def should_abort(self) -> bool:
         """True once the run is cancelled, timed out or taken over: stop as soon as possible."""
