@@ -1,4 +1,4 @@
-"""Reads of providers and models on the gateway's hot path."""
+"""Reads of providers and models: the gateway's hot path, and what other apps need to know of them."""
 
 from __future__ import annotations
 
@@ -56,6 +56,16 @@ def models_by_alias(*, workspace_id: UUID, aliases: Sequence[str]) -> dict[str, 
                 _models[(workspace_id, model.alias)] = (rows[model.alias], model)
             found[model.alias] = model
     return found
+
+
+def model_aliases(*, workspace_id: UUID) -> set[str]:
+    """The model aliases a definition saved in this workspace may name."""
+    return set(Model.objects.filter(workspace_id=workspace_id).values_list("alias", flat=True))
+
+
+def model_aliases_by_id(*, workspace_id: UUID, ids: Sequence[Any]) -> dict[Any, str]:
+    """The aliases of these models of the workspace, by id; ids not found there are left out."""
+    return dict(Model.objects.for_workspace(workspace_id).filter(pk__in=ids).values_list("pk", "alias"))
 
 
 def models_forget() -> None:

@@ -14,7 +14,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from apps.accounts.models import Workspace
-from apps.providers.models import Model
+from apps.providers.selectors import model_aliases_by_id
 from apps.usage.models import NIL_UUID, Budget, BudgetWindow, UsageHourly, UsageRecord
 from apps.usage.periods import first_window_start, window_bounds
 
@@ -153,7 +153,7 @@ def _labels(workspace: Workspace, group_by: str, keys: Sequence[Any]) -> dict[An
     if group_by == "day":
         return {key: key.isoformat() for key in keys}
     if group_by == "model":
-        aliases = dict(Model.objects.for_workspace(workspace).filter(pk__in=keys).values_list("pk", "alias"))
+        aliases = model_aliases_by_id(workspace_id=workspace.pk, ids=keys)
         return {key: aliases.get(key, str(key)) for key in keys}
     return {key: str(key) for key in keys}
 

@@ -13,9 +13,10 @@ from django.http import HttpRequest
 from apps.accounts.models import Role
 from apps.accounts.tenancy import Actor
 from apps.core.problems import ValidationProblem
+from apps.providers.selectors import model_aliases
 from apps.workflows.definition import definition_errors
 from apps.workflows.models import Workflow, WorkflowVersion
-from apps.workflows.selectors import model_aliases, workflow_version_latest
+from apps.workflows.selectors import workflow_version_latest
 from apps.workflows.services import workflow_create, workflow_update
 
 

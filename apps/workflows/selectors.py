@@ -1,4 +1,4 @@
-"""Reads of workflows and of what definitions may refer to."""
+"""Reads of workflows and their versions."""
 
 from __future__ import annotations
 
@@ -10,14 +10,7 @@ from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import Http404
 
 from apps.core.rows import RowReader
-from apps.providers.models import Model
 from apps.workflows.models import Workflow, WorkflowVersion
-
-
-def model_aliases(*, workspace_id: UUID) -> set[str]:
-    """The model aliases a definition saved in this workspace may name."""
-    return set(Model.objects.filter(workspace_id=workspace_id).values_list("alias", flat=True))
-
 
 _BY_SLUG = RowReader(Workflow, where="t0.workspace_id = %s AND t0.slug = %s", limit=1)
 

@@ -10,9 +10,9 @@ from django.db import IntegrityError, transaction
 from apps.accounts.models import Workspace
 from apps.accounts.tenancy import Actor
 from apps.core.problems import ValidationProblem
+from apps.providers.selectors import model_aliases
 from apps.workflows.definition import definition_errors
 from apps.workflows.models import Workflow, WorkflowVersion
-from apps.workflows.selectors import model_aliases
 
 
 def definition_validate(*, workspace: Workspace, definition: Any) -> dict[str, Any]:
