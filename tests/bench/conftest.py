@@ -1,0 +1,1 @@
+from tests.support.simulator import simulator, simulator_server  # noqa: F401 - fixtures for this package
