@@ -22,16 +22,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--scale-runs", type=int, default=None, help="runs to load for the scale measurement")
     args = parser.parse_args(argv)
 
-    env = stack.bench_env()
-    os.environ.update(env)
-    stack.prepare_database(env)
-
-    import django
-
-    django.setup()
-    import logging
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the report
+    env = stack.setup()
     from bench import fixtures, loader, scale, scenarios
 
     plan = scenarios.QUICK if args.quick else scenarios.FULL

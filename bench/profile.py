@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import re
 import shutil
 import signal
@@ -100,12 +99,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as JSON (bench.compare reads it)")
     args = parser.parse_args(argv)
 
-    env = stack.bench_env()
-    os.environ.update(env)
-    stack.prepare_database(env)
-    import django
-
-    django.setup()
+    env = stack.setup()
     from bench import fixtures
 
     principal = fixtures.create_principal()

@@ -48,6 +48,21 @@ def bench_env() -> dict[str, str]:
     return env
 
 
+def setup() -> dict[str, str]:
+    """What every bench command does first: the bench environment (also in this process's), a fresh
+    bench database, and Django set up on it. Returns the environment for the processes it starts."""
+    env = bench_env()
+    os.environ.update(env)
+    prepare_database(env)
+    import logging
+
+    import django
+
+    django.setup()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the report
+    return env
+
+
 def prepare_database(env: dict[str, str]) -> None:
     """Drop and recreate the bench database, migrate it, collect static files."""
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:

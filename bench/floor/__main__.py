@@ -8,7 +8,6 @@ for provider latency 0 ms at concurrency 1 and 100 ms at concurrency 32.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from bench import stack
@@ -21,15 +20,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn worker (2 workers)")
     args = parser.parse_args(argv)
 
-    env = stack.bench_env()
-    os.environ.update(env)
-    stack.prepare_database(env)
-    import django
-
-    django.setup()
-    import logging
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the table
+    env = stack.setup()
     from bench import fixtures
     from bench.floor import measure
 
