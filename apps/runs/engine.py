@@ -489,13 +489,16 @@ class Executor:
         the reaper books a cut call against; the step's end records the model that answered."""
         if call_id in step.call_ids:
             return
+        before = step.model, step.provider
         step.call_ids = [*step.call_ids, call_id]
         step.model, step.provider = model, provider
         if self._unsaved is not None:
             self._write()  # the step's start and this call id, in one transaction
             if self._cancel_requested:
-                # Cancelled before the request was sent: send nothing (the gateway releases its hold).
+                # Cancelled before the request was sent: send nothing (the gateway releases its hold),
+                # and the step's end (written next) names no call and no model it never called.
                 step.call_ids = [c for c in step.call_ids if c != call_id]
+                step.model, step.provider = before
                 self.abort_reason = "cancelled"
                 raise CallAborted("the run was cancelled before the call was sent")
         else:

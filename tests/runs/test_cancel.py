@@ -5,12 +5,19 @@ from __future__ import annotations
 import time
 
 import pytest
+from django.utils import timezone
 
+from apps.accounts.models import Role
+from apps.accounts.tenancy import Actor
+from apps.runs.engine import Executor, run_claim
 from apps.runs.models import Run, StepRun
+from apps.runs.services import run_start
+from apps.usage.models import UsageRecord
 from apps.workflows.services import workflow_create
 from tests.runs.helpers import sse_events, wait_for, wait_for_status
 from tests.support.simulator import sim_model, sim_provider, slow
 from tests.support.tenancy import key_client, problem
+from tests.workflows.definitions import llm_chain_definition
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -90,3 +97,23 @@ def test_cancel_of_a_finished_run_gets_409(workspace, shout):
     body = problem(client.post(f"/api/v1/runs/{run_id}/cancel/"), 409, "conflict")
     assert "succeeded" in body["detail"]
     assert Run.objects.get(pk=run_id).status == "succeeded"
+
+
+def test_a_cancel_seen_as_the_first_call_is_noted_sends_nothing_and_names_no_model(workspace, simulator):
+    sim_model(sim_provider(simulator, workspace), alias="one")
+    workflow = workflow_create(
+        workspace=workspace, definition=llm_chain_definition("one-step", [("draft", "one", "x")])
+    )
+    run = run_start(workflow=workflow, actor=Actor(workspace=workspace, role=Role.OWNER), input={"topic": "x"}).run
+    claim = run_claim(run_id=run.pk)
+    assert claim is not None
+    # The cancel arrives after the claim: the executor learns of it from its first write, the one
+    # that notes the step's first call id, and must then send nothing.
+    Run.objects.filter(pk=run.pk).update(cancel_requested_at=timezone.now())
+
+    Executor(claim).execute()
+
+    assert Run.objects.get(pk=run.pk).status == "cancelled"
+    step = StepRun.objects.get(run=run)
+    assert (step.status, step.call_ids, step.model, step.provider) == ("cancelled", [], "", "")
+    assert simulator.calls() == 0 and not UsageRecord.objects.filter(run_id=run.pk).exists()
