@@ -33,6 +33,7 @@ services:
 lint: $(VENV)/.dev-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(TEST_ENV) $(VENV)/bin/mypy apps config
 
 migrations-check: $(VENV)/.dev-deps
 	$(TEST_ENV) $(PY) manage.py makemigrations --check --dry-run

@@ -104,7 +104,7 @@ class ApiKey(WorkspaceOwnedModel):
     revoked_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
 
-    objects = ApiKeyQuerySet.as_manager()  # type: ignore[assignment]
+    objects = ApiKeyQuerySet.as_manager()  # type: ignore[assignment,misc]
 
     class Meta:
         verbose_name = "API key"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.db import models
-from rest_framework import permissions
+from rest_framework import exceptions, permissions
 from rest_framework.request import Request
 
 from apps.accounts.models import ApiKey, Membership, Role, User, Workspace, role_at_least
@@ -56,6 +56,8 @@ def get_actor(request: Request) -> Actor:
         actor = Actor(workspace=api_key.workspace, role=api_key.role, api_key=api_key)
     else:
         user = request.user
+        if not isinstance(user, User):  # anonymous: the permission check has answered 401 already
+            raise exceptions.NotAuthenticated()
         memberships = Membership.objects.select_related("workspace").filter(user=user).order_by("created_at")
         slug = request.META.get(WORKSPACE_HEADER)
         if slug:
@@ -89,14 +91,21 @@ class IsWorkspaceMember(permissions.BasePermission):
         return True
 
 
-class WorkspaceScopedMixin:
+if TYPE_CHECKING:
+    from rest_framework.generics import GenericAPIView
+
+    _ViewBase = GenericAPIView
+else:
+    _ViewBase = object  # a mixin: the view it is mixed into supplies `request`
+
+
+class WorkspaceScopedMixin(_ViewBase):
     """For DRF views over a tenant-owned model: `get_queryset()` is always the actor's workspace.
 
     Objects of another workspace are therefore simply absent: they answer 404, not 403.
     """
 
     scoped_model: type[models.Model]
-    request: Request
 
     def refine_queryset(self, queryset: models.QuerySet[Any]) -> models.QuerySet[Any]:
         """Override to add select_related / filters; the workspace scope is already applied."""

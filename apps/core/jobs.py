@@ -60,11 +60,11 @@ def enqueue(
     try:
         rq_queue = django_rq.get_queue(queue, commit_mode="auto")
         if not rq_queue.is_async:  # executed at once, in enqueue(): there is nothing to batch
-            return rq_queue.enqueue(func, *args, **options)
+            return rq_queue.enqueue(func, *args, **options)  # type: ignore[type-var]  # rq takes either
         # One round trip (MULTI ... EXEC) instead of RQ's two (SADD of the queue name, then the job
         # and its push): the enqueue is on the path between a run's insert and its start.
         with rq_queue.connection.pipeline() as pipeline:
-            job = rq_queue.enqueue(func, *args, pipeline=pipeline, **options)
+            job = rq_queue.enqueue(func, *args, pipeline=pipeline, **options)  # type: ignore[type-var]
             pipeline.execute()
         return job
     except Exception:  # noqa: BLE001 - the data is committed; its owner recovers a lost enqueue
@@ -132,7 +132,7 @@ def periodic_tick(*, connection: Redis, queue_names: Iterable[str]) -> list[str]
             continue
         last_key = f"keel:periodic:{job.name}:last"
         last = connection.get(last_key)
-        if last is not None and connection.lpos(f"rq:queue:{job.queue}", last) is not None:
+        if last is not None and connection.lpos(f"rq:queue:{job.queue}", last) is not None:  # type: ignore[arg-type]
             continue  # the previous one still waits in the queue
         # At the front: a backlog of long runs must not delay the reaper that rescues them.
         created = enqueue(job.func, queue=job.queue, job_id=f"periodic-{job.name}-{time.time_ns()}", at_front=True)

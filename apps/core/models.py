@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from django.db import models
+
+
+class Digits(TypedDict):
+    max_digits: int
+    decimal_places: int
+
+
+# Money is a Decimal in USD, exact to 1e-10 (DESIGN.md, Data): every amount and price column, and
+# every serializer field of one, has these digits.
+MONEY: Digits = {"max_digits": 18, "decimal_places": 10}
 
 M = TypeVar("M", bound=models.Model)
 

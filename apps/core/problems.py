@@ -195,8 +195,8 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response:
         )
     if isinstance(exc, drf.ValidationError):
         errors = flatten_errors(exc.detail)
-        detail = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors[:5])
-        return _respond(400, "validation_error", context, detail=detail or None, errors=errors)
+        summary = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors[:5])
+        return _respond(400, "validation_error", context, detail=summary or None, errors=errors)
     if isinstance(exc, drf.ParseError):
         return _respond(400, "validation_error", context, detail=str(exc.detail), errors=[])
     if isinstance(exc, (drf.NotAuthenticated, drf.AuthenticationFailed)):
@@ -221,7 +221,7 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response:
     if isinstance(exc, RequestDataTooBig):
         return _respond(413, "payload_too_large", context, detail="The request body is larger than the limit.")
     if isinstance(exc, drf.Throttled):
-        wait = max(1, int(exc.wait or 1))
+        wait = max(1, int(exc.wait or 1))  # type: ignore[attr-defined]  # set by DRF, not in its stubs
         return _respond(
             429,
             "rate_limited",

@@ -25,6 +25,13 @@ Converters = list[list[tuple[Any, Any]]]
 _converters_of: dict[tuple[str, tuple[Any, ...], str | None], Converters] = {}
 
 
+def column_of(field: Field[Any, Any]) -> str:
+    """The column of a concrete field (Django types it optional: a non-concrete field has none)."""
+    if field.column is None:
+        raise ValueError(f"{field!r} has no column")
+    return field.column
+
+
 def column_converters(db: BaseDatabaseWrapper, fields: Sequence[Field], alias: str | None = None) -> Converters:
     """For each field's column, the (converter, column) pairs the ORM applies to a value read from
     `db` (none on PostgreSQL for most types); worked out once per field list. `alias` is the table
@@ -57,7 +64,7 @@ class _Part:
         self.fields: tuple[Field, ...] = tuple(model._meta.concrete_fields)
         self.attnames = [field.attname for field in self.fields]
         self.start, self.end = start, start + len(self.fields)
-        self.columns = [f"{alias}.{connection.ops.quote_name(field.column)}" for field in self.fields]
+        self.columns = [f"{alias}.{connection.ops.quote_name(column_of(field))}" for field in self.fields]
 
     def instance(self, db: BaseDatabaseWrapper, row: Sequence[Any]) -> Model:
         values = convert_row(db, list(row[self.start : self.end]), column_converters(db, self.fields, self.alias))
@@ -94,7 +101,7 @@ class RowReader(Generic[M]):
                     fks.append(fk)
                     joins.append(
                         f" JOIN {quote(target._meta.db_table)} t{n} "
-                        f"ON t{n}.{quote(fk.target_field.column)} = t0.{quote(fk.column)}"
+                        f"ON t{n}.{quote(column_of(fk.target_field))} = t0.{quote(column_of(fk))}"
                     )
                 sql = (
                     f"SELECT {', '.join(c for part in parts for c in part.columns)} "

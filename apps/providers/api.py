@@ -16,7 +16,8 @@ from rest_framework.response import Response
 
 from apps.accounts.models import Role
 from apps.accounts.tenancy import WorkspaceScopedMixin, get_actor
-from apps.providers.models import PRICE, Model, Provider
+from apps.core.models import MONEY
+from apps.providers.models import Model, Provider
 from apps.providers.services import (
     PROVIDER_TIMEOUT_MAX_S,
     model_create,
@@ -103,8 +104,7 @@ class ModelSerializer(serializers.ModelSerializer[Model]):
 
 def _price(label: str) -> serializers.DecimalField:
     return serializers.DecimalField(
-        max_digits=PRICE["max_digits"],
-        decimal_places=PRICE["decimal_places"],
+        **MONEY,
         min_value=Decimal(0),
         required=False,
         help_text=f"USD per million {label} tokens",

@@ -460,10 +460,11 @@ def _send(
     in_stream = False
     try:
         if on_delta is None:
-            return _from_completion(client.post(_CHAT_PATH, cast_to=object, body=body, options=options))
+            # `options` is the SDK's RequestOptions TypedDict, built here as a plain dict.
+            return _from_completion(client.post(_CHAT_PATH, cast_to=object, body=body, options=options))  # type: ignore[call-overload]
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-        response = client.post(_CHAT_PATH, cast_to=httpx2.Response, body=body, options=options, stream=True)
+        response = client.post(_CHAT_PATH, cast_to=httpx2.Response, body=body, options=options, stream=True)  # type: ignore[call-overload]
         in_stream = True
         parts: list[str] = []
         try:
@@ -629,7 +630,7 @@ def _from_completion(completion: Any) -> _Attempt:
     if content is not None and not isinstance(content, str):
         raise TypeError("the message's content is not text")
     attempt.content = content or ""
-    attempt.finish_reason = first.get("finish_reason")
+    attempt.finish_reason = first.get("finish_reason") if isinstance(first, dict) else None
     attempt.ok = True
     return attempt
 

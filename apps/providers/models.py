@@ -4,9 +4,7 @@ from decimal import Decimal
 
 from django.db import models
 
-from apps.core.models import WorkspaceOwnedModel
-
-PRICE = {"max_digits": 18, "decimal_places": 10}
+from apps.core.models import MONEY, WorkspaceOwnedModel
 
 
 class Provider(WorkspaceOwnedModel):
@@ -51,9 +49,9 @@ class Model(WorkspaceOwnedModel):
     provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="models")
     name = models.CharField(max_length=200)
     alias = models.SlugField(max_length=100)
-    input_price_per_million = models.DecimalField(**PRICE, default=Decimal("0"))
-    cached_input_price_per_million = models.DecimalField(**PRICE, default=Decimal("0"))
-    output_price_per_million = models.DecimalField(**PRICE, default=Decimal("0"))
+    input_price_per_million = models.DecimalField(**MONEY, default=Decimal("0"))
+    cached_input_price_per_million = models.DecimalField(**MONEY, default=Decimal("0"))
+    output_price_per_million = models.DecimalField(**MONEY, default=Decimal("0"))
     context_window = models.PositiveIntegerField(default=128_000)
     max_output_tokens = models.PositiveIntegerField(default=4096)
     supports_json_schema = models.BooleanField(default=True)

@@ -24,7 +24,7 @@ class StepRunInline(admin.TabularInline):
     model = StepRun
     extra = 0
     can_delete = False
-    fields = [
+    fields = readonly_fields = (
         "index",
         "step_id",
         "type",
@@ -40,8 +40,7 @@ class StepRunInline(admin.TabularInline):
         "latency_ms",
         "error",
         "output",
-    ]
-    readonly_fields = fields
+    )
     ordering = ["index"]
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

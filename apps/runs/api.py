@@ -138,8 +138,8 @@ class WorkflowRunsView(APIView):
         )
         run = started.run
         if started.replay is not None:
-            code, body = started.replay
-            return Response(body, status=code, headers={"Location": _location(run), "Idempotent-Replayed": "true"})
+            code, replayed = started.replay
+            return Response(replayed, status=code, headers={"Location": _location(run), "Idempotent-Replayed": "true"})
         if started.repeated:
             if run.mode == Run.Mode.STREAM:
                 return sse_response(run_event_stream(run.pk))
@@ -148,8 +148,8 @@ class WorkflowRunsView(APIView):
             )
 
         if run.mode == Run.Mode.ASYNC:
-            body = started.response[1] if started.response else run_body(run, steps=started.steps)
-            return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": _location(run)})
+            accepted = started.response[1] if started.response else run_body(run, steps=started.steps)
+            return Response(accepted, status=status.HTTP_202_ACCEPTED, headers={"Location": _location(run)})
         # The run thread needs a connection while this thread waits and needs none (apps/core/db.py).
         connection_release()
         handle = run_execute_in_thread(started=started)

@@ -29,7 +29,7 @@ Durability, in one place:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -159,7 +159,7 @@ class _StepContext:
         self.api_key_id = run.api_key_id
         self.user_id = run.user_id
         self.traceparent = run.traceparent or None
-        self.template_context = template_context
+        self.template_context: Mapping[str, Any] = template_context
         # A sync run's caller reads the finished body; anyone following its events gets the answer
         # as one delta, and a cancel takes effect when the current provider call returns.
         self.wants_deltas = run.mode != Run.Mode.SYNC

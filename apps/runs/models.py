@@ -4,9 +4,7 @@ from decimal import Decimal
 
 from django.db import models
 
-from apps.core.models import WorkspaceOwnedModel, WorkspaceQuerySet
-
-MONEY = {"max_digits": 18, "decimal_places": 10}
+from apps.core.models import MONEY, WorkspaceOwnedModel, WorkspaceQuerySet
 
 
 class Run(WorkspaceOwnedModel):

@@ -10,15 +10,14 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.utils.encoders import JSONEncoder
 
+from apps.core.models import MONEY
 from apps.runs.models import Run, StepRun
-
-MONEY = {"max_digits": 18, "decimal_places": 10, "coerce_to_string": True}
 
 
 class StepRunSerializer(serializers.ModelSerializer[StepRun]):
     id = serializers.CharField(source="step_id")
     attempts = serializers.IntegerField()
-    cost_usd = serializers.DecimalField(**MONEY)
+    cost_usd = serializers.DecimalField(**MONEY, coerce_to_string=True)
 
     class Meta:
         model = StepRun
@@ -44,19 +43,23 @@ class StepRunSerializer(serializers.ModelSerializer[StepRun]):
 class UsageSerializer(serializers.Serializer[Run]):
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
-    cost_usd = serializers.DecimalField(**MONEY)
+    cost_usd = serializers.DecimalField(**MONEY, coerce_to_string=True)
     cache_hits = serializers.IntegerField()
-    saved_usd = serializers.DecimalField(**MONEY)
+    saved_usd = serializers.DecimalField(**MONEY, coerce_to_string=True)
 
 
 class RunSummarySerializer(serializers.ModelSerializer[Run]):
     """A run without its steps (lists)."""
 
-    workflow = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    workflow_version = serializers.SlugRelatedField(slug_field="number", read_only=True)
+    workflow: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    workflow_version: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="number", read_only=True
+    )
     usage = serializers.SerializerMethodField()
     duration_ms = serializers.IntegerField(allow_null=True)
-    retry_of = serializers.PrimaryKeyRelatedField(read_only=True, pk_field=serializers.UUIDField())
+    retry_of: serializers.PrimaryKeyRelatedField[Any] = serializers.PrimaryKeyRelatedField(
+        read_only=True, pk_field=serializers.UUIDField()
+    )
 
     class Meta:
         model = Run
@@ -99,7 +102,7 @@ class RunSerializer(RunSummarySerializer):
 # every GET of a run: by hand, with DRF's own field formatting, instead of through the serializers
 # above (which stay the API's declared schema). tests/runs/test_run_body.py keeps the two equal.
 _DATETIME = serializers.DateTimeField()
-_MONEY = serializers.DecimalField(**MONEY)
+_MONEY = serializers.DecimalField(**MONEY, coerce_to_string=True)
 
 
 def _datetime(value: Any) -> str | None:

@@ -225,7 +225,8 @@ def _idempotent_repeat(record: IdempotencyKey, fingerprint: str) -> RunStart:
         raise IdempotencyMismatch(
             "This Idempotency-Key was used with a different request (another workflow or body); use a new key."
         )
-    run = Run.objects.select_related("workflow", "workflow_version").filter(pk=record.run_id).first()
+    runs = Run.objects.select_related("workflow", "workflow_version")
+    run = runs.filter(pk=record.run_id).first() if record.run_id is not None else None
     if run is not None and record.response_status is not None:
         return RunStart(run=run, repeated=True, replay=(record.response_status, json.loads(record.response_body)))
     if run is None or not run.is_finished:

@@ -30,6 +30,7 @@ from django.db.models import Model
 from psycopg.types.json import Jsonb
 
 from apps.accounts.models import Workspace
+from apps.core.rows import column_of
 from apps.runs.models import Run, RunEvent, StepRun
 from apps.workflows.models import Workflow, WorkflowVersion
 
@@ -51,7 +52,7 @@ def _insert_of(model: type[Model]) -> tuple[list[Any], list[bool], str, str]:
     if cached is None:
         quote = connection.ops.quote_name
         fields = list(model._meta.local_concrete_fields)
-        table, columns = quote(model._meta.db_table), ", ".join(quote(field.column) for field in fields)
+        table, columns = quote(model._meta.db_table), ", ".join(quote(column_of(field)) for field in fields)
         values = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
         # Named columns, not the row's `*`: a column added by a migration while this process lives
         # keeps its default, and the statement stays valid.
@@ -131,7 +132,7 @@ def _checkpoint_of(
     quote = connection.ops.quote_name
     run_fields = [Run._meta.get_field(name) for name in run_names]
     # With nothing to change the row is still updated: that is what checks (and locks) the lease.
-    run_set = ", ".join(f"{quote(f.column)} = %s" for f in run_fields) or f"{quote('id')} = {quote('id')}"  # type: ignore[union-attr]
+    run_set = ", ".join(f"{quote(column_of(f))} = %s" for f in run_fields) or f"{quote('id')} = {quote('id')}"  # type: ignore[arg-type]
     sql = [
         f"WITH r AS (UPDATE {quote(Run._meta.db_table)} SET {run_set} "
         f"WHERE {quote('id')} = %s AND {quote('lease_token')} = %s AND {quote('status')} = %s "
@@ -206,11 +207,11 @@ def claim_update(*, run_id: UUID, token: UUID, now: datetime, default_timeout_s:
         "AND ws.id = r.workspace_id "
         # The run's columns by name, not r.*: a prepared statement whose result type changes (a
         # migration adds a column while this connection lives) would fail instead of re-planning.
-        f"RETURNING {', '.join(f'r.{quote(field.column)}' for field in Run._meta.concrete_fields)}, "
+        f"RETURNING {', '.join(f'r.{quote(column_of(field))}' for field in Run._meta.concrete_fields)}, "
         "w.slug AS keel_workflow_slug, ws.slug AS keel_workspace_slug, "
         "v.number AS keel_version_number, v.definition::text AS keel_definition"
     )
-    params = [Run.Status.RUNNING, token, now, now, now, default_timeout_s, run_id, Run.Status.QUEUED]
+    params: list[Any] = [Run.Status.RUNNING, token, now, now, now, default_timeout_s, run_id, Run.Status.QUEUED]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()

@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.models import Role
 from apps.accounts.tenancy import WorkspaceScopedMixin, get_actor
+from apps.core.models import MONEY
 from apps.core.problems import ValidationProblem
 from apps.usage.models import Budget, BudgetWindow
 from apps.usage.selectors import GROUP_BYS, UsageTotals, budget_current_windows, usage_summary
@@ -88,7 +89,7 @@ class BudgetCreateSerializer(serializers.Serializer[Any]):
         required=False, allow_null=True, default=None, help_text="Null for `workspace`; else the id in your workspace."
     )
     period = serializers.ChoiceField(choices=Budget.Period.choices, help_text="UTC calendar day or month, or total.")
-    limit_usd = serializers.DecimalField(max_digits=18, decimal_places=10, min_value=Decimal("0"))
+    limit_usd = serializers.DecimalField(**MONEY, min_value=Decimal("0"))
     action = serializers.ChoiceField(choices=Budget.Action.choices, default=Budget.Action.BLOCK)
     alert_threshold_pct = serializers.IntegerField(min_value=1, max_value=100, required=False, allow_null=True)
 
@@ -98,7 +99,7 @@ class BudgetUpdateSerializer(serializers.Serializer[Any]):
 
     FIXED = ("scope", "scope_id", "period")
 
-    limit_usd = serializers.DecimalField(max_digits=18, decimal_places=10, min_value=Decimal("0"), required=False)
+    limit_usd = serializers.DecimalField(**MONEY, min_value=Decimal("0"), required=False)
     action = serializers.ChoiceField(choices=Budget.Action.choices, required=False)
     alert_threshold_pct = serializers.IntegerField(min_value=1, max_value=100, required=False, allow_null=True)
 

@@ -5,9 +5,7 @@ from decimal import Decimal
 
 from django.db import models
 
-from apps.core.models import WorkspaceOwnedModel
-
-MONEY = {"max_digits": 18, "decimal_places": 10}
+from apps.core.models import MONEY, WorkspaceOwnedModel
 
 
 class UsageRecord(WorkspaceOwnedModel):

@@ -39,7 +39,7 @@ from django.utils import timezone
 
 from apps.accounts.models import ApiKey, Membership, Workspace
 from apps.core.problems import BudgetExceeded, ValidationProblem
-from apps.core.rows import column_converters, convert_row
+from apps.core.rows import column_converters, column_of, convert_row
 from apps.usage.models import (
     NIL_UUID,
     Budget,
@@ -110,7 +110,7 @@ _LEDGER_FIELDS = tuple(UsageRecord._meta.concrete_fields)
 # ON CONFLICT on the unique call_id: a repeated booking of the same attempt inserts nothing (and
 # waits for, then yields to, a concurrent insert of the same call_id).
 _LEDGER_INSERT = (
-    f"INSERT INTO {_LEDGER} ({', '.join(f.column for f in _LEDGER_FIELDS)}) "
+    f"INSERT INTO {_LEDGER} ({', '.join(column_of(f) for f in _LEDGER_FIELDS)}) "
     f"VALUES ({', '.join(['%s'] * len(_LEDGER_FIELDS))}) ON CONFLICT (call_id) DO NOTHING"
 )
 _ROLLUP = UsageHourly._meta.db_table
@@ -639,19 +639,21 @@ def budget_reserve(
     if amount < 0:
         raise ValueError(f"a reservation cannot be negative: {amount}")
     now = now or timezone.now()
-    scope = {"workspace_id": workspace_id, "workflow_id": workflow_id, "api_key_id": api_key_id, "user_id": user_id}
+    scope = {"workflow_id": workflow_id, "api_key_id": api_key_id, "user_id": user_id}
     if _db().vendor == "postgresql":
         # The common cases in one statement: no budget applies, or one blocking budget holds the call.
-        sql, params = _targets_query(**scope, now=now)
+        targets_sql, targets_params = _targets_query(workspace_id=workspace_id, **scope, now=now)
         hold = [Budget.Action.BLOCK, amount, amount, call_id, call_id, amount, BudgetReservation.State.HELD]
-        rows = _fetch(_RESERVE_FAST.format(targets=sql), [*params, *hold, timezone.now()], _TARGET_FIELDS)
+        rows = _fetch(
+            _RESERVE_FAST.format(targets=targets_sql), [*targets_params, *hold, timezone.now()], _TARGET_FIELDS
+        )
         if rows and rows[0][-1]:
             return 1
         # Not held: several budgets, a warn budget, a period not opened yet, a repeat, no room, or a
         # budget deleted meanwhile. The general path below finds out which and answers accordingly.
         targets = _targets_from(rows, workspace_id)
     else:
-        targets = _budget_targets(**scope, now=now)
+        targets = _budget_targets(workspace_id=workspace_id, **scope, now=now)
     if not targets:
         return 0
     fresh = [t.budget for t in targets if t.window is None]

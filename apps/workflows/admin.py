@@ -63,8 +63,7 @@ class WorkflowVersionInline(admin.TabularInline):
     model = WorkflowVersion
     extra = 0
     can_delete = False
-    fields = ["number", "created_at", "created_by", "created_by_key", "definition_excerpt"]
-    readonly_fields = fields
+    fields = readonly_fields = ("number", "created_at", "created_by", "created_by_key", "definition_excerpt")
     ordering = ["-number"]
     show_change_link = False
 
@@ -91,8 +90,8 @@ class WorkflowAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return ["slug", "name", "latest_version", "archived", "created_at", "updated_at"] if obj else []
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [*self.get_readonly_fields(request, obj), "workspace", "definition"]
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return (*self.get_readonly_fields(request, obj), "workspace", "definition")
 
     def save_model(self, request: HttpRequest, obj: Workflow, form: WorkflowForm, change: bool) -> None:
         workspace = obj.workspace

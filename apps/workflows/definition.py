@@ -180,7 +180,7 @@ def definition_errors(definition: Any, *, model_aliases: Iterable[str]) -> list[
     steps = steps if isinstance(steps, list) else []
     types = step_types()
     aliases = frozenset(model_aliases)
-    ids = [s.get("id") for s in steps if isinstance(s, dict) and isinstance(s.get("id"), str)]
+    ids: list[str] = [s["id"] for s in steps if isinstance(s, dict) and isinstance(s.get("id"), str)]
     all_steps = frozenset(ids)
     seen: dict[str, int] = {}
     for index, step in enumerate(steps):
@@ -192,7 +192,7 @@ def definition_errors(definition: Any, *, model_aliases: Iterable[str]) -> list[
             issues.append(Issue(f"{path}.id", f"duplicate step id {step_id!r} (also steps.{seen[step_id]})"))
         else:
             seen[step_id] = index
-        earlier = frozenset(s["id"] for s in steps[:index] if isinstance(s, dict) and isinstance(s.get("id"), str))
+        earlier = frozenset(str(s["id"]) for s in steps[:index] if isinstance(s, dict) and isinstance(s.get("id"), str))
         kind = types.get(step.get("type"))  # type: ignore[arg-type]
         if kind is None:
             continue

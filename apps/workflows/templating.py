@@ -102,6 +102,8 @@ def template_check(source: str) -> tuple[References | None, str | None]:
         if step_id is not None:
             refs.steps.add(step_id)
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        if not isinstance(node, (nodes.Getattr, nodes.Getitem)):
+            continue  # find_all yields only these; this tells the type checker so
         inner = node.node
         step_id = _step_reference(inner) if isinstance(inner, (nodes.Getattr, nodes.Getitem)) else None
         if step_id is None:
