@@ -461,10 +461,13 @@ def _send(
     try:
         if on_delta is None:
             # `options` is the SDK's RequestOptions TypedDict, built here as a plain dict.
-            return _from_completion(client.post(_CHAT_PATH, cast_to=object, body=body, options=options))  # type: ignore[call-overload]
+            answer = client.post(_CHAT_PATH, cast_to=object, body=body, options=options)  # type: ignore[call-overload]
+            return _from_completion(answer)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-        response = client.post(_CHAT_PATH, cast_to=httpx2.Response, body=body, options=options, stream=True)  # type: ignore[call-overload]
+        response = client.post(  # type: ignore[call-overload]
+            _CHAT_PATH, cast_to=httpx2.Response, body=body, options=options, stream=True
+        )
         in_stream = True
         parts: list[str] = []
         try:

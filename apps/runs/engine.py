@@ -15,8 +15,9 @@ Durability, in one place:
   the reaper or a resumed execution, continues the sequence).
 - Before each provider request the gateway reports its call id and the model it goes to
   (`on_attempt`); both are committed on the StepRun before the request is sent, so whoever recovers
-  a crash can book a call that never returned, against the model it was sent to. A step's start (status, execution count, `step.started`) is written with that first
-  call id, or with the step's result when it makes no call: one transaction instead of two.
+  a crash can book a call that never returned, against the model it was sent to. A step's start
+  (status, execution count, `step.started`) is written with that first call id, or with the step's
+  result when it makes no call: one transaction instead of two.
 - Each finished step is committed before anything else happens, except the last one, which is
   committed with the run's end (nothing external happens between the two).
 - A resumed run skips steps already `succeeded` and reuses their outputs (no new provider call).

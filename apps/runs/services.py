@@ -465,8 +465,9 @@ def _book_abandoned_calls(*, run: Run, step: StepRun, spec: dict[str, Any]) -> l
     model it was sent to; release its budget hold. Idempotent: usage_record keeps the first row.
 
     Calls of a step go out one after another and each is booked before the next is noted, so only
-    the last can be unbooked, and the step's `model` is the one that call went to (`note_call`). Without that model (a row written
-    before Keel recorded it, or the model has since been deleted) the step's main model is used."""
+    the last can be unbooked, and the step's `model` is the one that call went to (`note_call`).
+    Without that model (a row written before Keel recorded it, or the model has since been deleted)
+    the step's main model is used."""
     if not step.call_ids:
         return []
     aliases = [alias for alias in (step.model, spec.get("model")) if alias]

@@ -132,7 +132,8 @@ def _checkpoint_of(
     quote = connection.ops.quote_name
     run_fields = [Run._meta.get_field(name) for name in run_names]
     # With nothing to change the row is still updated: that is what checks (and locks) the lease.
-    run_set = ", ".join(f"{quote(column_of(f))} = %s" for f in run_fields) or f"{quote('id')} = {quote('id')}"  # type: ignore[arg-type]
+    run_columns = [column_of(f) for f in run_fields]  # type: ignore[arg-type]
+    run_set = ", ".join(f"{quote(column)} = %s" for column in run_columns) or f"{quote('id')} = {quote('id')}"
     sql = [
         f"WITH r AS (UPDATE {quote(Run._meta.db_table)} SET {run_set} "
         f"WHERE {quote('id')} = %s AND {quote('lease_token')} = %s AND {quote('status')} = %s "
