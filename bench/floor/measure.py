@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from bench import load
+from bench import load, scenarios
 from bench.scenarios import direct_call, direct_client
 from bench.stack import Proc
 
@@ -35,9 +35,13 @@ class Configuration:
     requests_per_worker: int
 
 
-# The two rows of the issue's targets: the cost of one request, and the throughput under load.
-FULL = (Configuration(0, 1, 150), Configuration(100, 32, 12))
-QUICK = (Configuration(0, 1, 40), Configuration(100, 32, 4))
+def _configurations(plan: scenarios.Plan) -> tuple[Configuration, ...]:
+    """The two rows of the issue's targets (the cost of one request, the throughput under load),
+    with the sync overhead's requests per client thread."""
+    return (Configuration(0, 1, plan.per_worker[1]), Configuration(100, 32, plan.per_worker[32]))
+
+
+FULL, QUICK = _configurations(scenarios.FULL), _configurations(scenarios.QUICK)
 
 
 def floor_env(env: dict[str, str], simulator_url: str) -> dict[str, str]:
